@@ -1,0 +1,1 @@
+"""Prompts: built-in defaults, their stored versions, and the resolver that picks one."""
