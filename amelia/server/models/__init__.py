@@ -1,0 +1,1 @@
+"""Pydantic models of the server: workflow state, events, tokens, usage, brainstorm."""
