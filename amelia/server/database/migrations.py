@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from alembic import command
 from alembic.autogenerate.api import AutogenContext
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
@@ -24,6 +23,7 @@ from sqlalchemy import MetaData, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.types import TypeDecorator
 
+from alembic import command
 from amelia.server.config import ConfigurationError, parse_database_url, sqlalchemy_url
 from amelia.server.database.schema import CHECKPOINT_TABLES
 from amelia.server.database.seed import seed_defaults
@@ -119,9 +119,7 @@ def migration_lock(
     The lock is session-level, so it survives the commit that follows; committing before
     Alembic starts matters: otherwise Alembic sees an outer transaction and never commits.
     """
-    connection.execute(
-        text("SELECT set_config('lock_timeout', :t, false)"), {"t": f"{timeout_s}s"}
-    )
+    connection.execute(text("SELECT set_config('lock_timeout', :t, false)"), {"t": f"{timeout_s}s"})
     try:
         connection.execute(text("SELECT pg_advisory_lock(:k)"), {"k": MIGRATION_LOCK_KEY})
     except Exception as exc:

@@ -233,9 +233,7 @@ server_settings = Table(
     Column("websocket_idle_timeout_seconds", Seconds, nullable=False, server_default=text("300.0")),
     Column("workflow_start_timeout_seconds", Seconds, nullable=False, server_default=text("60.0")),
     Column("max_concurrent", Integer, nullable=False, server_default=text("5")),
-    Column(
-        "stream_tool_results", Boolean, nullable=False, server_default=literal_column("false")
-    ),
+    Column("stream_tool_results", Boolean, nullable=False, server_default=literal_column("false")),
     Column("created_at", UTCDateTime, nullable=False, server_default=func.now()),
     Column("updated_at", UTCDateTime, nullable=False, server_default=func.now()),
     CheckConstraint("id = 1", name="singleton"),
