@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
 import tempfile
 import uuid
@@ -32,6 +33,7 @@ def password_server() -> Iterator[EmbeddedPostgres]:
         yield server
     finally:
         server.destroy()
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 async def test_connect_health_and_close(database_url: str) -> None:
