@@ -1,0 +1,45 @@
+"""`python -m bench [suite ...]`: run benchmarks and write the results files.
+
+Suites: repositories (default: all). The database server is AMELIA_BENCH_DATABASE_URL, else
+AMELIA_TEST_DATABASE_URL, else testcontainers or the embedded PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from bench import report
+from bench.common import bench_database, machine_facts, save_section
+from bench.seed import seed
+
+SUITES = ("repositories",)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench")
+    parser.add_argument("suites", nargs="*", help=f"any of {', '.join(SUITES)} (default: all)")
+    args = parser.parse_args(argv)
+    suites = args.suites or list(SUITES)
+    unknown = sorted(set(suites) - set(SUITES))
+    if unknown:
+        parser.error(f"unknown suite(s): {', '.join(unknown)}")
+    if "repositories" in suites:
+        with bench_database() as url:
+            print("seeding 100k workflows, 1M token rows, 200k events ...", flush=True)
+            seeded = asyncio.run(seed(url))
+            save_section("seed", seeded)
+            print(f"seeded in {sum(seeded.values()):.0f} s; timing repository calls ...")
+            from bench import repositories
+
+            section = asyncio.run(repositories.run(url))
+            save_section("repositories", section)
+            save_section("machine", machine_facts(section.get("server_version")))
+    report.write()
+    print(report.render())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
