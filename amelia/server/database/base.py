@@ -55,7 +55,7 @@ class RepositoryBase:
             async with self._db.transaction() as conn:
                 yield conn
             return
-        if _is_autocommit(held):
+        if is_autocommit(held):
             # A logical (autobegun) transaction on an AUTOCOMMIT connection holds nothing on
             # the server; end it, switch the client-side flag (no round trip with asyncpg),
             # run a real transaction, and switch back.
@@ -76,7 +76,7 @@ class RepositoryBase:
             yield held
 
 
-def _is_autocommit(connection: AsyncConnection) -> bool:
+def is_autocommit(connection: AsyncConnection) -> bool:
     """Whether a connection came from `Database.connection()` (AUTOCOMMIT)."""
     level = connection.sync_connection.get_execution_options().get("isolation_level")  # type: ignore[union-attr]
     return level == "AUTOCOMMIT"
