@@ -1,0 +1,1 @@
+"""LangGraph pipelines: the implementation workflow and the review workflow."""
