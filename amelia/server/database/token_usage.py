@@ -1,7 +1,166 @@
-"""Placeholder: filled in by the repositories work."""
+"""Token usage rows of `WorkflowRepository`: record one, read a workflow's, summarise many.
+
+Every method is one statement (one round trip). Costs stay `Decimal` from the NUMERIC(10,6)
+column to the summaries, which add them exactly.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from decimal import Decimal
+
+from sqlalchemy import bindparam, insert, select
+from sqlalchemy.dialects.postgresql import ARRAY, UUID
+from sqlalchemy.engine import RowMapping
+from sqlalchemy.sql.expression import any_
 
 from amelia.server.database.base import RepositoryBase
+from amelia.server.database.errors import ReferenceNotFoundError, translate_integrity_errors
+from amelia.server.database.schema import token_usage
+from amelia.server.exceptions import WorkflowNotFoundError
+from amelia.server.models.tokens import MAX_COST_USD, TokenSummary, TokenUsage, quantize_cost
+
+# Statements are built once; only their parameters change (SQLAlchemy's compiled cache and
+# asyncpg's prepared statements then serve every call).
+_INSERT = insert(token_usage)
+
+_BY_WORKFLOW = (
+    select(token_usage)
+    .where(token_usage.c.workflow_id == bindparam("workflow_id"))
+    .order_by(token_usage.c.timestamp, token_usage.c.id)
+)
+
+# `= ANY(array)`: one statement text whatever the number of ids (an expanding IN list would
+# give every list length its own prepared statement).
+_BY_WORKFLOWS = (
+    select(token_usage)
+    .where(
+        token_usage.c.workflow_id
+        == any_(bindparam("workflow_ids", type_=ARRAY(UUID(as_uuid=True))))
+    )
+    .order_by(token_usage.c.workflow_id, token_usage.c.timestamp, token_usage.c.id)
+)
+
+
+def _row_to_token_usage(row: RowMapping) -> TokenUsage:
+    """The one mapper from a `token_usage` row to `TokenUsage`."""
+    return TokenUsage(
+        id=row["id"],
+        workflow_id=row["workflow_id"],
+        agent=row["agent"],
+        model=row["model"],
+        input_tokens=row["input_tokens"],
+        output_tokens=row["output_tokens"],
+        # Nullable columns (upstream schema); NULL means none.
+        cache_read_tokens=row["cache_read_tokens"] or 0,
+        cache_creation_tokens=row["cache_creation_tokens"] or 0,
+        cost_usd=row["cost_usd"],
+        duration_ms=row["duration_ms"],
+        num_turns=row["num_turns"],
+        timestamp=row["timestamp"],
+    )
+
+
+def _storable_cost(cost: Decimal | float | int) -> Decimal:
+    """The cost as the column will hold it; ValueError when NUMERIC(10,6) cannot hold it.
+
+    Re-checked here because `model_copy(update=...)` and attribute assignment skip the
+    model's validation.
+    """
+    value = cost if isinstance(cost, Decimal) else Decimal(str(cost))
+    if not value.is_finite():
+        raise ValueError(f"cost_usd must be a finite amount, got {cost}")
+    stored = quantize_cost(value)
+    if stored < 0 or stored > MAX_COST_USD:
+        raise ValueError(
+            f"cost_usd {cost} is outside what can be stored (0 to {MAX_COST_USD} USD, "
+            "six decimal places)"
+        )
+    return stored
 
 
 class TokenUsageMixin(RepositoryBase):
-    """Part of WorkflowRepository."""
+    """The token-usage methods of `WorkflowRepository` (spec data-layer.md 4.1, 18-21)."""
+
+    async def save_token_usage(self, usage: TokenUsage) -> None:
+        """Record one agent call's usage (one INSERT).
+
+        Args:
+            usage: the usage; all twelve fields are stored.
+
+        Raises:
+            WorkflowNotFoundError: `usage.workflow_id` names no workflow.
+            ValueError: the cost does not fit NUMERIC(10,6) (over 9999.999999 or negative).
+            DuplicateKeyError: a usage with this id already exists.
+        """
+        values = {
+            "id": usage.id,
+            "workflow_id": usage.workflow_id,
+            "agent": usage.agent,
+            "model": usage.model,
+            "input_tokens": usage.input_tokens,
+            "output_tokens": usage.output_tokens,
+            "cache_read_tokens": usage.cache_read_tokens,
+            "cache_creation_tokens": usage.cache_creation_tokens,
+            "cost_usd": _storable_cost(usage.cost_usd),
+            "duration_ms": usage.duration_ms,
+            "num_turns": usage.num_turns,
+            "timestamp": usage.timestamp,
+        }
+        try:
+            async with self._connect() as conn:
+                with translate_integrity_errors():
+                    await conn.execute(_INSERT, values)
+        except ReferenceNotFoundError as exc:
+            # The only foreign key of token_usage is the workflow.
+            raise WorkflowNotFoundError(usage.workflow_id) from exc
+
+    async def get_token_usage(self, workflow_id: uuid.UUID) -> list[TokenUsage]:
+        """A workflow's usage rows, oldest first.
+
+        Args:
+            workflow_id: the workflow.
+
+        Returns:
+            The rows in timestamp order; `[]` for an unknown workflow or one without usage.
+        """
+        async with self._connect() as conn:
+            result = await conn.execute(_BY_WORKFLOW, {"workflow_id": workflow_id})
+            return [_row_to_token_usage(row) for row in result.mappings()]
+
+    async def get_token_summary(self, workflow_id: uuid.UUID) -> TokenSummary | None:
+        """A workflow's usage totals with the rows as `breakdown`.
+
+        Args:
+            workflow_id: the workflow.
+
+        Returns:
+            The summary, or None when the workflow has no usage rows (or does not exist).
+        """
+        usages = await self.get_token_usage(workflow_id)
+        return TokenSummary.from_usages(usages) if usages else None
+
+    async def get_token_summaries_batch(
+        self, workflow_ids: Sequence[uuid.UUID]
+    ) -> dict[uuid.UUID, TokenSummary | None]:
+        """Summaries of several workflows in one query (list pages use it to avoid N+1).
+
+        Args:
+            workflow_ids: the workflows; duplicates are harmless.
+
+        Returns:
+            Every requested id as a key (in request order), mapped to its summary or to
+            None when it has no usage. `{}` for no ids, without touching the database.
+        """
+        if not workflow_ids:
+            return {}
+        grouped: dict[uuid.UUID, list[TokenUsage]] = {wid: [] for wid in workflow_ids}
+        async with self._connect() as conn:
+            result = await conn.execute(_BY_WORKFLOWS, {"workflow_ids": list(grouped)})
+            for row in result.mappings():
+                usage = _row_to_token_usage(row)
+                grouped[usage.workflow_id].append(usage)
+        return {
+            wid: TokenSummary.from_usages(rows) if rows else None for wid, rows in grouped.items()
+        }
