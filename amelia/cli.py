@@ -9,6 +9,8 @@ from typing import Annotated
 
 import typer
 
+from amelia import __version__
+from amelia.cli_config import config_app
 from amelia.server.config import ConfigurationError, ServerConfig, load_config
 from amelia.server.database.connection import Database, DatabaseConnectionError
 from amelia.server.database.migrations import MigrationStatus, head_revision, status, upgrade
@@ -23,6 +25,7 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Database schema: upgrade, show and check the revision.")
 app.add_typer(db_app, name="db")
+app.add_typer(config_app, name="config")
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
@@ -106,6 +109,16 @@ def db_check() -> None:
     )
 
 
+def _warn_if_exposed(host: str) -> None:
+    if host not in {"127.0.0.1", "localhost", "::1"}:
+        typer.secho(
+            f"Warning: binding to {host} exposes the API to your network, and Amelia has no "
+            "authentication yet. Use 127.0.0.1 unless you know the network is trusted.",
+            fg=typer.colors.YELLOW,
+            err=True,
+        )
+
+
 @app.command("serve")
 def serve(
     host: Annotated[str | None, typer.Option(help="Address to bind (AMELIA_HOST).")] = None,
@@ -114,34 +127,54 @@ def serve(
         bool, typer.Option("--migrate", help="Upgrade a configured database before serving.")
     ] = False,
 ) -> None:
-    """Run the server (the HTTP API lands with its own issue; today: prepare the database)."""
+    """Run the server: the API, live events and workflows, on the configured database.
+
+    Without AMELIA_DATABASE_URL an embedded PostgreSQL under AMELIA_HOME is started,
+    upgraded and used; it stops when the server stops and keeps its data.
+    """
+    import uvicorn
+
+    from amelia.server.main import create_app
+
     config = _config()
-    bind = f"{host or config.host}:{port or config.port}"
-    try:
-        with database_target(config) as target:
-            typer.echo(f"Using {target.description}.")
-            if target.embedded is not None or migrate:
-                _run_upgrade(target)
-            else:
-                result = asyncio.run(_status(target.url))
-                if not result.at_head:
-                    raise _fail(
-                        f"The database is at {result.current or 'no revision'}; the code needs "
-                        f"{result.head}. Run `alembic upgrade head` or `amelia db upgrade` "
-                        "first, or start with `amelia serve --migrate`."
-                    )
-            typer.echo(
-                f"The database is ready. The HTTP server ({bind}) is not part of this build "
-                "yet: it lands with the server issue."
+    overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
+    if overrides:
+        config = config.model_copy(update=overrides)
+    _warn_if_exposed(config.host)
+    if config.database_url is not None and not migrate:
+        try:
+            result = asyncio.run(_status(config.database_url))
+        except DatabaseConnectionError as exc:
+            raise _fail(str(exc)) from None
+        if not result.at_head:
+            raise _fail(
+                f"The database is at {result.current or 'no revision'}; this version of Amelia "
+                f"needs {result.head}. Run `alembic upgrade head` or `amelia db upgrade` first, "
+                "or start with `amelia serve --migrate`."
             )
-    except (DatabaseConnectionError, EmbeddedPostgresError) as exc:
-        raise _fail(str(exc)) from None
+    logging.getLogger("amelia").setLevel(logging.INFO)
+    typer.echo(f"Amelia {__version__} starting on http://{config.host}:{config.port}")
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(config, migrate=migrate),
+            host=config.host,
+            port=config.port,
+            log_level="info",
+            lifespan="on",
+        )
+    )
+    server.run()
+    if not server.started:
+        raise _fail("The server did not start; see the messages above.")
 
 
 # `amelia server` is kept as an alias of `amelia serve`.
 app.command("server", hidden=True)(serve)
 
 
-def main() -> None:  # pragma: no cover - console entry point convenience
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+def main() -> None:
+    """Console entry point."""
+    logging.basicConfig(
+        level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
+    )
     app()

@@ -8,12 +8,12 @@ import platform
 import statistics
 import subprocess
 import time
-from collections.abc import Awaitable, Callable
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from tests.pg import create_database, drop_database, migrate_to_head, postgres_server, with_database
 
@@ -36,7 +36,7 @@ class Timing:
 
 def summarise(name: str, samples_ns: list[int], **extra: Any) -> Timing:
     ordered = sorted(samples_ns)
-    p99_index = min(len(ordered) - 1, int(round(0.99 * (len(ordered) - 1))))
+    p99_index = min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))
     return Timing(
         name=name,
         samples=len(ordered),
@@ -72,20 +72,16 @@ def machine_facts(server_version: str | None = None) -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "platform": platform.platform(),
     }
-    try:
+    with suppress(ValueError, OSError):
         facts["memory_gib"] = round(
             os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1
         )
-    except (ValueError, OSError):
-        pass
     if server_version:
         facts["postgresql"] = server_version
-    try:
+    with suppress(OSError, subprocess.CalledProcessError):
         facts["commit"] = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
         ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
     return facts
 
 

@@ -107,7 +107,9 @@ def _event(workflow_id: uuid.UUID) -> WorkflowEvent:
 
 
 async def _fixtures(raw: asyncpg.Connection) -> dict[str, Any]:
-    ids = [r["id"] for r in await raw.fetch("SELECT id FROM workflows ORDER BY issue_id LIMIT 2000")]
+    ids = [
+        r["id"] for r in await raw.fetch("SELECT id FROM workflows ORDER BY issue_id LIMIT 2000")
+    ]
     evented = [
         r["workflow_id"]
         for r in await raw.fetch(

@@ -99,10 +99,15 @@ def statements(db: Database) -> Iterator[list[str]]:
         sent.append(args[2])
 
     sa_event.listen(db.engine.sync_engine, "before_cursor_execute", record)
+    def record_direct(sql: str, arguments: tuple[Any, ...]) -> None:  # the fast read path
+        sent.append(sql)
+
+    db.direct_statement_listeners.append(record_direct)
     try:
         yield sent
     finally:
         sa_event.remove(db.engine.sync_engine, "before_cursor_execute", record)
+        db.direct_statement_listeners.remove(record_direct)
 
 
 @pytest.fixture

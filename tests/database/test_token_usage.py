@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
-from sqlalchemy import event as sa_event
 from sqlalchemy import func, insert, select
 from sqlalchemy.exc import DBAPIError
 
@@ -27,6 +24,7 @@ from amelia.server.models.tokens import (
     calculate_token_cost,
     pricing_for,
 )
+from tests.statements import count_statements
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -52,22 +50,6 @@ def usage(workflow_id: uuid.UUID, **fields: Any) -> TokenUsage:
     }
     values.update(fields)
     return TokenUsage(**values)
-
-
-@contextmanager
-def count_statements(db: Database) -> Iterator[list[str]]:
-    """Collect the SQL statements sent through `db` while the block runs."""
-    statements: list[str] = []
-
-    def record(*args: Any) -> None:
-        statements.append(args[2])
-
-    engine = db.engine.sync_engine
-    sa_event.listen(engine, "before_cursor_execute", record)
-    try:
-        yield statements
-    finally:
-        sa_event.remove(engine, "before_cursor_execute", record)
 
 
 async def row_count(db: Database) -> int:

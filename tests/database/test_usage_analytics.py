@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
-from typing import Any
 
 import pytest
-from sqlalchemy import event as sa_event
 from sqlalchemy import func, insert, select, text
 
 from amelia.server.database import Database, schema
@@ -21,6 +17,7 @@ from amelia.server.models.usage import (
     UsageSummary,
     UsageTrendPoint,
 )
+from tests.statements import count_statements
 
 
 def at(day: date, hour: int = 12, minute: int = 0, microsecond: int = 0) -> datetime:
@@ -92,21 +89,6 @@ def seed(db: Database) -> Seed:
 @pytest.fixture
 def repo(db: Database) -> WorkflowRepository:
     return WorkflowRepository(db)
-
-
-@contextmanager
-def count_statements(db: Database) -> Iterator[list[str]]:
-    statements: list[str] = []
-
-    def record(*args: Any) -> None:
-        statements.append(args[2])
-
-    engine = db.engine.sync_engine
-    sa_event.listen(engine, "before_cursor_execute", record)
-    try:
-        yield statements
-    finally:
-        sa_event.remove(engine, "before_cursor_execute", record)
 
 
 ZERO_SUMMARY = {

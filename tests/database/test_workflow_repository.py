@@ -62,10 +62,15 @@ def statements(db: Database) -> Iterator[list[tuple[str, Any]]]:
     def record(conn: Any, cursor: Any, sql: str, params: Any, context: Any, many: bool) -> None:
         seen.append((sql, params))
 
+    def record_direct(sql: str, arguments: tuple[Any, ...]) -> None:  # the fast read path
+        seen.append((sql, arguments))
+
     engine = db.engine.sync_engine
     event.listen(engine, "before_cursor_execute", record)
+    db.direct_statement_listeners.append(record_direct)
     yield seen
     event.remove(engine, "before_cursor_execute", record)
+    db.direct_statement_listeners.remove(record_direct)
 
 
 async def add(repo: WorkflowRepository, status: WorkflowStatus = S.PENDING, **kw: Any) -> Any:

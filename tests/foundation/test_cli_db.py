@@ -7,7 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from sqlalchemy import create_engine, inspect
 
 from amelia.server.database.migrations import head_revision
@@ -55,12 +54,6 @@ def test_upgrade_check_and_current_against_a_configured_url(empty_database_url: 
     assert f"current:  {head_revision()}" in current.stdout
 
 
-def test_serve_migrate_flag_upgrades_a_configured_database(empty_database_url: str) -> None:
-    done = run("serve", "--migrate", env=env_with(AMELIA_DATABASE_URL=empty_database_url))
-    assert done.returncode == 0, done.stderr
-    assert "is at" in done.stdout
-
-
 def test_connection_failure_is_one_clear_line() -> None:
     done = run("db", "check", env=env_with(AMELIA_DATABASE_URL="postgresql://u@127.0.0.1:1/x"))
     assert done.returncode == 1
@@ -72,17 +65,3 @@ def test_bad_configuration_exits_2_naming_the_variable() -> None:
     done = run("db", "check", env=env_with(AMELIA_DB_POOL_MAX_SIZE="0"))
     assert done.returncode == 2
     assert "AMELIA_DB_POOL_MAX_SIZE" in done.stderr
-
-
-@pytest.mark.slow
-def test_embedded_database_without_a_url(tmp_path: Path) -> None:
-    env = env_with(AMELIA_HOME=str(tmp_path / "home"))
-    first = run("serve", env=env)
-    assert first.returncode == 0, first.stderr
-    assert "embedded PostgreSQL" in first.stdout
-    data_dir = tmp_path / "home" / "postgres"
-    assert (data_dir / "PG_VERSION").exists()
-    assert not (data_dir / "postmaster.pid").exists(), "server left running after exit"
-    again = run("db", "check", env=env)
-    assert again.returncode == 0, again.stderr
-    assert "at head" in again.stdout

@@ -11,13 +11,22 @@ connection is in AUTOCOMMIT mode.
 from __future__ import annotations
 
 import copy
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from typing import Self
+from typing import Any, Self
 
+import asyncpg
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from amelia.server.database.connection import Database
+from amelia.server.database.fast_query import FastQuery
+
+# Failures that mean the connection itself is gone (it must not go back into the pool).
+_CONNECTION_LOST: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.InterfaceError,
+)
 
 
 class RepositoryBase:
@@ -46,6 +55,50 @@ class RepositoryBase:
             return
         async with self._db.connection() as conn:
             yield conn
+
+    @asynccontextmanager
+    async def _driver(self) -> AsyncIterator[Any]:
+        """The asyncpg connection under the held (or a freshly checked out) connection."""
+        if self._held is not None:
+            sync = self._held.sync_connection
+            if sync is not None and not sync.closed and not sync.invalidated:
+                # A plain attribute read: no greenlet hop for a connection already held.
+                yield sync.connection.driver_connection
+            else:
+                yield (await self._held.get_raw_connection()).driver_connection
+            return
+        raw = await self._db.engine.raw_connection()
+        try:
+            yield raw.driver_connection
+        except _CONNECTION_LOST:
+            raw.invalidate()
+            raise
+        finally:
+            raw.close()
+
+    async def _fast_all(
+        self, query: FastQuery, params: Mapping[str, Any] | None = None
+    ) -> list[dict[str, Any]]:
+        """Run a prebuilt read on the asyncpg connection; rows as dicts (see fast_query)."""
+        compiled = query.compiled(self._db.engine.dialect)
+        arguments = compiled.arguments(params or {})
+        for listener in self._db.direct_statement_listeners:
+            listener(compiled.sql, tuple(arguments))
+        async with self._driver() as driver:
+            records = await driver.fetch(compiled.sql, *arguments)
+        return compiled.rows(records)
+
+    async def _fast_one(
+        self, query: FastQuery, params: Mapping[str, Any] | None = None
+    ) -> dict[str, Any] | None:
+        """The first row of a prebuilt read, or None."""
+        compiled = query.compiled(self._db.engine.dialect)
+        arguments = compiled.arguments(params or {})
+        for listener in self._db.direct_statement_listeners:
+            listener(compiled.sql, tuple(arguments))
+        async with self._driver() as driver:
+            record = await driver.fetchrow(compiled.sql, *arguments)
+        return None if record is None else compiled.rows([record])[0]
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[AsyncConnection]:

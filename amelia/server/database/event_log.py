@@ -16,18 +16,19 @@ from __future__ import annotations
 import logging
 import re
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 from pydantic_core import PydanticSerializationError
 from sqlalchemy import Text, bindparam, cast, exists, func, select, true, update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.expression import ColumnElement, Executable
 
 from amelia.server.database.base import RepositoryBase
 from amelia.server.database.errors import translate_integrity_errors
+from amelia.server.database.fast_query import FastQuery
 from amelia.server.database.schema import workflow_log, workflows
 from amelia.server.database.types import json_dumps
 from amelia.server.exceptions import WorkflowNotFoundError
@@ -254,9 +255,10 @@ _RECENT_EVENTS = (
     .order_by(_wl.c.sequence.desc())
     .limit(bindparam("limit"))
 )
+_FAST_RECENT_EVENTS = FastQuery(_RECENT_EVENTS)
 
 
-def _row_to_event(row: RowMapping) -> WorkflowEvent:
+def _row_to_event(row: Mapping[Any, Any]) -> WorkflowEvent:
     """A `workflow_log` row as a `WorkflowEvent` (trace-only fields take their defaults)."""
     return WorkflowEvent(
         id=row["id"],
@@ -394,11 +396,9 @@ class EventLogMixin(RepositoryBase):
         """
         if limit <= 0:
             return []
-        async with self._connect() as conn:
-            result = await conn.execute(
-                _RECENT_EVENTS, {"workflow_id": workflow_id, "limit": limit}
-            )
-            rows = result.mappings().all()
+        rows = await self._fast_all(
+            _FAST_RECENT_EVENTS, {"workflow_id": workflow_id, "limit": limit}
+        )
         return [_row_to_event(row) for row in reversed(rows)]
 
 

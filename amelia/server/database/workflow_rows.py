@@ -8,6 +8,7 @@ A second statement runs only when the guarded one matched nothing, to say why.
 
 from __future__ import annotations
 
+import functools
 import logging
 import uuid
 from collections.abc import AsyncIterator, Collection, Iterator, Mapping
@@ -23,6 +24,7 @@ from sqlalchemy import (
     bindparam,
     func,
     insert,
+    literal_column,
     select,
     tuple_,
     update,
@@ -34,6 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from amelia.server.database.base import RepositoryBase, is_autocommit
 from amelia.server.database.errors import ActiveWorktreeConflict, translate_integrity_errors
+from amelia.server.database.fast_query import FastQuery
 from amelia.server.database.schema import workflows
 from amelia.server.database.types import NaiveDatetimeError
 from amelia.server.exceptions import WorkflowConflictError, WorkflowNotFoundError
@@ -108,12 +111,41 @@ def _set_status_statement(target: WorkflowStatus) -> Update:
 _SET_STATUS = {target: _set_status_statement(target) for target in WorkflowStatus}
 _GET = select(*_COLUMNS).where(workflows.c.id == bindparam("workflow_id"))
 _GET_STATUS = select(workflows.c.status).where(workflows.c.id == bindparam("workflow_id"))
+# The same predicate as plain SQL literals, for the fast read path (no post-compile step).
+_HOLDS_WORKTREE_LITERAL = workflows.c.status.in_(
+    [literal_column(f"'{status.value}'") for status in _WORKTREE_HOLDERS]
+)
 _GET_HOLDER = (
     select(*_COLUMNS)
-    .where(workflows.c.worktree_path == bindparam("worktree_path"), _HOLDS_WORKTREE)
+    .where(workflows.c.worktree_path == bindparam("worktree_path"), _HOLDS_WORKTREE_LITERAL)
     .limit(1)
 )
 _INSERT = insert(workflows)
+# Hot reads: compiled once, run on the asyncpg connection (see fast_query.py).
+_FAST_GET = FastQuery(_GET)
+_FAST_GET_HOLDER = FastQuery(_GET_HOLDER)
+
+
+@functools.cache
+def _page_query(by_status: bool, by_worktree: bool, with_cursor: bool) -> FastQuery:
+    """One list page for a combination of filters, built and compiled once per combination.
+
+    The cursor is a row comparison: a single index range condition on (started_at, id), so a
+    page deep in the list is as cheap as the first. Typed binds keep the column types'
+    checks (a bare tuple would bind plain DateTime and accept naive values).
+    """
+    statement = select(*_COLUMNS)
+    if by_status:
+        statement = statement.where(workflows.c.status == bindparam("status"))
+    if by_worktree:
+        statement = statement.where(workflows.c.worktree_path == bindparam("worktree_path"))
+    if with_cursor:
+        cursor = tuple_(
+            bindparam("after_started_at", type_=workflows.c.started_at.type),
+            bindparam("after_id", type_=workflows.c.id.type),
+        )
+        statement = statement.where(tuple_(workflows.c.started_at, workflows.c.id) < cursor)
+    return FastQuery(statement.order_by(*_LIST_ORDER).limit(bindparam("limit")))
 
 
 def parse_workflow_id(value: WorkflowId) -> uuid.UUID:
@@ -126,7 +158,7 @@ def parse_workflow_id(value: WorkflowId) -> uuid.UUID:
         raise ValueError(f"Malformed workflow id {value!r}: expected a UUID") from None
 
 
-def _row_to_state(row: RowMapping) -> ServerExecutionState:
+def _row_to_state(row: Mapping[Any, Any]) -> ServerExecutionState:
     """The one mapper from a `workflows` row to its model."""
     plan_cache = row["plan_cache"]
     return ServerExecutionState(
@@ -178,7 +210,9 @@ def _statement_errors() -> Iterator[None]:
 
 class WorkflowRowsMixin(RepositoryBase):
     """Workflow persistence (spec data-layer.md section 4.1)."""
+
     """Workflow rows: the first half of `WorkflowRepository` (spec data-layer.md 4.1, 1-12)."""
+
     async def create(self, state: ServerExecutionState) -> None:
         """Insert a workflow row, every column (one statement).
 
@@ -204,9 +238,7 @@ class WorkflowRowsMixin(RepositoryBase):
 
     async def get(self, workflow_id: WorkflowId) -> ServerExecutionState | None:
         """The workflow with this id, or None."""
-        params = {"workflow_id": parse_workflow_id(workflow_id)}
-        async with self._connect() as conn:
-            row = (await conn.execute(_GET, params)).mappings().first()
+        row = await self._fast_one(_FAST_GET, {"workflow_id": parse_workflow_id(workflow_id)})
         return _row_to_state(row) if row is not None else None
 
     async def get_by_worktree(
@@ -224,7 +256,8 @@ class WorkflowRowsMixin(RepositoryBase):
         if not wanted:
             return None
         if wanted == frozenset(_WORKTREE_HOLDERS):
-            statement = _GET_HOLDER
+            holder = await self._fast_one(_FAST_GET_HOLDER, {"worktree_path": worktree_path})
+            return _row_to_state(holder) if holder is not None else None
         else:
             statement = (
                 select(*_COLUMNS)
@@ -434,18 +467,19 @@ class WorkflowRowsMixin(RepositoryBase):
         """
         if limit <= 0:
             return []
-        statement = select(*_COLUMNS).where(*self._filters(status, worktree_path))
+        params: dict[str, Any] = {"limit": limit}
+        if status is not None:
+            params["status"] = WorkflowStatus(status).value
+        if worktree_path is not None:
+            params["worktree_path"] = worktree_path
+        with_cursor = after_started_at is not None and after_id is not None
         if after_started_at is not None and after_id is not None:
-            # A row comparison is a single index range condition on (started_at, id), so a
-            # page deep in the list is as cheap as the first. Explicit types keep the column
-            # type's checks (a bare tuple would bind plain DateTime and accept naive values).
-            cursor = tuple_(
-                bindparam("after_started_at", after_started_at, type_=workflows.c.started_at.type),
-                bindparam("after_id", parse_workflow_id(after_id), type_=workflows.c.id.type),
-            )
-            statement = statement.where(tuple_(workflows.c.started_at, workflows.c.id) < cursor)
-        statement = statement.order_by(*_LIST_ORDER).limit(limit)
-        return await self._fetch(statement)
+            params["after_started_at"] = after_started_at
+            params["after_id"] = parse_workflow_id(after_id)
+        query = _page_query(status is not None, worktree_path is not None, with_cursor)
+        with _statement_errors():
+            rows = await self._fast_all(query, params)
+        return [_row_to_state(row) for row in rows]
 
     async def count_workflows(
         self, status: WorkflowStatus | None = None, worktree_path: str | None = None

@@ -1,0 +1,1 @@
+"""Event distribution inside one server process."""

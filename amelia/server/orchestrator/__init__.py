@@ -1,0 +1,1 @@
+"""The orchestrator: runs workflows through their LangGraph pipelines."""

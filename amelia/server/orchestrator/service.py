@@ -1,0 +1,644 @@
+"""`OrchestratorService`: every workflow operation of the server (spec server.md 5.4).
+
+State lives in the database, not in this process: each operation checks and changes a
+workflow's status in one compare-and-set statement (losing a race gives `InvalidStateError`),
+worktree exclusivity is the partial unique index, and `max_concurrent` is read from the
+settings table on every start. The process only tracks the asyncio tasks it runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Collection, Coroutine
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from amelia.agents.prompts.resolver import PromptResolver
+from amelia.core.types import Issue, Profile, TrackerType
+from amelia.pipelines.parsing import parse_plan
+from amelia.pipelines.state import DEFAULT_MAX_REVIEW_PASSES
+from amelia.server.database.connection import Database
+from amelia.server.database.profile_repository import ProfileRepository
+from amelia.server.database.prompt_repository import PromptRepository
+from amelia.server.database.repository import WorkflowRepository
+from amelia.server.database.settings_repository import SettingsRepository
+from amelia.server.events.bus import EventBus
+from amelia.server.exceptions import (
+    ConcurrencyLimitError,
+    InvalidStateError,
+    InvalidWorktreeError,
+    WorkflowConflictError,
+    WorkflowNotFoundError,
+)
+from amelia.server.models.events import EventType
+from amelia.server.models.state import (
+    PlanCache,
+    ServerExecutionState,
+    WorkflowStatus,
+    WorkflowType,
+)
+from amelia.server.orchestrator.agent_runtime import WorkflowAgentRuntime
+from amelia.server.orchestrator.emitter import EventEmitter
+from amelia.server.orchestrator.runner import GraphRunner, initial_implementation_state
+from amelia.server.orchestrator.worktree import (
+    read_inside_worktree,
+    validate_worktree,
+)
+
+logger = logging.getLogger(__name__)
+
+S = WorkflowStatus
+RESTART_REASON = "Server restarted while workflow was running"
+REVIEW_ISSUE_ID = "LOCAL-REVIEW"
+
+
+class OrchestratorService:
+    """Starts, pauses, resumes and stops workflows; one instance per server process."""
+
+    def __init__(
+        self,
+        db: Database,
+        saver: Any,
+        bus: EventBus,
+        *,
+        runner: GraphRunner | None = None,
+    ) -> None:
+        self._db = db
+        self._saver = saver
+        self._bus = bus
+        self._repository = WorkflowRepository(db)
+        self._settings = SettingsRepository(db)
+        self._profiles = ProfileRepository(db)
+        self._resolver = PromptResolver(PromptRepository(db))
+        self._emitter = EventEmitter(self._repository, bus)
+        self._runner = runner or GraphRunner(saver, self._emitter)
+        self._tasks: dict[uuid.UUID, asyncio.Task[None]] = {}
+        self._planning: dict[uuid.UUID, asyncio.Task[None]] = {}
+        # Serialises "count running, then create" within this process.
+        self._start_lock = asyncio.Lock()
+
+    @property
+    def repository(self) -> WorkflowRepository:
+        return self._repository
+
+    @property
+    def emitter(self) -> EventEmitter:
+        return self._emitter
+
+    # ----------------------------------------------------------------- helpers
+
+    async def _get(self, workflow_id: uuid.UUID) -> ServerExecutionState:
+        row = await self._repository.get(workflow_id)
+        if row is None:
+            raise WorkflowNotFoundError(workflow_id)
+        return row
+
+    async def _profile(self, name: str | None) -> Profile:
+        if name:
+            profile = await self._profiles.get_profile(name)
+            if profile is None:
+                raise ValueError(f"Profile {name!r} not found")
+            return profile
+        active = await self._profiles.get_active_profile()
+        if active is None:
+            raise ValueError("No active profile: create one and activate it, or pass a profile")
+        return active
+
+    async def _check_capacity(self) -> None:
+        settings = await self._settings.get_server_settings()
+        running = await self._repository.count_workflows(status=S.IN_PROGRESS)
+        if running >= settings.max_concurrent:
+            raise ConcurrencyLimitError(settings.max_concurrent, running)
+
+    def _issue(
+        self,
+        profile: Profile,
+        issue_id: str,
+        task_title: str | None,
+        task_description: str | None,
+    ) -> Issue:
+        if profile.tracker != TrackerType.NOOP:
+            if task_title is not None:
+                raise ValueError("task_title can only be used with the noop tracker")
+            raise ValueError(
+                f"tracker {profile.tracker.value!r} is not supported by this server; "
+                "use a profile with the noop tracker"
+            )
+        return Issue(id=issue_id, title=task_title or issue_id, description=task_description or "")
+
+    def _track(
+        self,
+        registry: dict[uuid.UUID, asyncio.Task[None]],
+        workflow_id: uuid.UUID,
+        coro: Coroutine[Any, Any, None],
+    ) -> None:
+        task = asyncio.create_task(coro, name=f"workflow-{workflow_id}")
+        registry[workflow_id] = task
+
+        def forget(done: asyncio.Task[None]) -> None:
+            if registry.get(workflow_id) is done:
+                del registry[workflow_id]
+
+        task.add_done_callback(forget)
+
+    async def _runtime(self, row: ServerExecutionState) -> WorkflowAgentRuntime:
+        profile = await self._profile(row.profile_id)
+        resolved = await self._resolver.get_all_active()
+        try:
+            await self._resolver.record_for_workflow(row.id, resolved.values())
+        except Exception:
+            logger.exception("could not record the prompt versions of %s", row.id)
+        return WorkflowAgentRuntime(
+            row.id,
+            profile.model_copy(update={"working_dir": row.worktree_path}),
+            {pid: prompt.content for pid, prompt in resolved.items()},
+            self._repository,
+            self._emitter,
+            Path(row.worktree_path),
+        )
+
+    # --------------------------------------------------------- running graphs
+
+    async def _execute(self, workflow_id: uuid.UUID, *, planning: bool = False) -> None:
+        """Run a workflow's graph with retries; record how it ended."""
+        try:
+            row = await self._get(workflow_id)
+            profile = await self._profile(row.profile_id)
+        except Exception as exc:
+            await self._fail(workflow_id, f"Cannot run workflow: {exc}", planning=planning)
+            return
+        retry = profile.retry
+        attempt = 0
+        while True:
+            runtime = await self._runtime(row)
+            try:
+                result = await self._runner.run(row, runtime, self._initial(row))
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if attempt < retry.max_retries and is_transient(exc):
+                    attempt += 1
+                    delay = min(retry.base_delay * 2 ** (attempt - 1), retry.max_delay)
+                    logger.warning(
+                        "workflow %s: %s; retry %d in %.1fs", workflow_id, exc, attempt, delay
+                    )
+                    await asyncio.sleep(delay)
+                    continue
+                await self._fail(workflow_id, f"{type(exc).__name__}: {exc}", planning=planning)
+                return
+            finally:
+                await runtime.aclose()
+        if result.blocked:
+            await self._block(row, result.values, planning=planning)
+            return
+        data = {"outcome": result.outcome}
+        await self._emitter.emit(
+            workflow_id, EventType.WORKFLOW_COMPLETED, "Workflow completed", data=data
+        )
+        if result.outcome == "review_passes_exhausted":
+            await self._emitter.emit(
+                workflow_id,
+                EventType.SYSTEM_WARNING,
+                "The reviewer did not approve within the allowed review passes",
+            )
+        await self._repository.set_status(workflow_id, S.COMPLETED)
+
+    def _initial(self, row: ServerExecutionState) -> dict[str, Any]:
+        if row.workflow_type == WorkflowType.REVIEW:
+            issue = row.issue_cache or {}
+            return {
+                "workflow_id": str(row.id),
+                "diff_content": issue.get("description", ""),
+                "review_iteration": 0,
+                "max_review_passes": DEFAULT_MAX_REVIEW_PASSES,
+            }
+        return initial_implementation_state(row)
+
+    async def _block(
+        self, row: ServerExecutionState, values: dict[str, Any], *, planning: bool
+    ) -> None:
+        plan = PlanCache.from_checkpoint_values(values)
+        try:
+            await self._repository.update_plan_cache(row.id, plan)
+        except Exception:
+            logger.exception("could not store the plan of %s", row.id)
+        expected = (S.PENDING,) if planning else (S.IN_PROGRESS,)
+        moved = await self._repository.transition(row.id, expected, S.BLOCKED)
+        if moved is None:
+            logger.info("workflow %s changed state while planning; not blocking it", row.id)
+            return
+        await self._emitter.emit(
+            row.id,
+            EventType.APPROVAL_REQUIRED,
+            "Plan ready for approval",
+            data={"goal": plan.goal, "total_tasks": plan.total_tasks},
+        )
+
+    async def _fail(self, workflow_id: uuid.UUID, reason: str, *, planning: bool = False) -> None:
+        await self._emitter.emit(
+            workflow_id, EventType.WORKFLOW_FAILED, reason, data={"recoverable": not planning}
+        )
+        expected = (S.PENDING,) if planning else (S.IN_PROGRESS, S.PENDING, S.BLOCKED)
+        try:
+            await self._repository.transition(
+                workflow_id, expected, S.FAILED, failure_reason=reason
+            )
+        except Exception:
+            logger.exception("could not mark workflow %s failed", workflow_id)
+
+    # ------------------------------------------------------ public operations
+
+    async def _create_and_run(
+        self,
+        *,
+        issue: Issue,
+        worktree: str,
+        profile: Profile,
+        workflow_type: WorkflowType = WorkflowType.FULL,
+        issue_cache: dict[str, Any] | None = None,
+    ) -> uuid.UUID:
+        workflow_id = uuid.uuid4()
+        now = datetime.now(UTC)
+        row = ServerExecutionState(
+            id=workflow_id,
+            issue_id=issue.id,
+            worktree_path=worktree,
+            workflow_type=workflow_type,
+            profile_id=profile.name,
+            issue_cache=issue_cache or issue.model_dump(mode="json"),
+            workflow_status=S.IN_PROGRESS,
+            created_at=now,
+            started_at=now,
+        )
+        async with self._start_lock:
+            await self._check_capacity()
+            # The partial unique index refuses a second running workflow on the worktree.
+            await self._repository.create(row)
+        await self._emitter.emit(
+            workflow_id, EventType.WORKFLOW_STARTED, "Workflow started", data={"issue_id": issue.id}
+        )
+        self._track(self._tasks, workflow_id, self._execute(workflow_id))
+        return workflow_id
+
+    async def start_workflow(
+        self,
+        issue_id: str,
+        worktree_path: str,
+        profile: str | None = None,
+        driver: str | None = None,
+        task_title: str | None = None,
+        task_description: str | None = None,
+    ) -> uuid.UUID:
+        """Create a workflow and run it now (it pauses when its plan needs approval)."""
+        worktree = validate_worktree(worktree_path, require_git=True)
+        chosen = await self._profile(profile)
+        issue = self._issue(chosen, issue_id, task_title, task_description)
+        return await self._create_and_run(issue=issue, worktree=worktree, profile=chosen)
+
+    async def start_review_workflow(
+        self, diff_content: str, worktree_path: str, profile: str | None = None
+    ) -> uuid.UUID:
+        """Create a review workflow for a diff and run it now."""
+        worktree = validate_worktree(worktree_path, require_git=False)
+        chosen = await self._profile(profile)
+        issue = Issue(id=REVIEW_ISSUE_ID, title="Local review", description=diff_content)
+        return await self._create_and_run(
+            issue=issue, worktree=worktree, profile=chosen, workflow_type=WorkflowType.REVIEW
+        )
+
+    async def queue_workflow(
+        self,
+        issue_id: str,
+        worktree_path: str,
+        profile: str | None = None,
+        task_title: str | None = None,
+        task_description: str | None = None,
+        *,
+        artifact_path: str | None = None,
+        plan_file: str | None = None,
+        plan_content: str | None = None,
+    ) -> uuid.UUID:
+        """Create a pending workflow (no run yet), optionally with a design or a plan."""
+        worktree = validate_worktree(worktree_path, require_git=True)
+        chosen = await self._profile(profile)
+        issue = self._issue(chosen, issue_id, task_title, task_description)
+        if artifact_path:
+            design = read_inside_worktree(worktree, artifact_path)
+            issue = issue.model_copy(
+                update={"description": f"{issue.description}\n\n{design}".strip()}
+            )
+        plan_cache = None
+        if plan_file or plan_content:
+            if plan_file and plan_content:
+                raise ValueError("give plan_file or plan_content, not both")
+            text = plan_content if plan_content else read_inside_worktree(worktree, str(plan_file))
+            parsed = parse_plan(text)
+            plan_cache = PlanCache(
+                goal=parsed.goal,
+                plan_markdown=parsed.markdown,
+                plan_path=str(plan_file) if plan_file else None,
+                total_tasks=parsed.total_tasks,
+                current_task_index=0,
+            )
+        workflow_id = uuid.uuid4()
+        await self._repository.create(
+            ServerExecutionState(
+                id=workflow_id,
+                issue_id=issue_id,
+                worktree_path=worktree,
+                profile_id=chosen.name,
+                issue_cache=issue.model_dump(mode="json"),
+                plan_cache=plan_cache,
+                workflow_status=S.PENDING,
+                created_at=datetime.now(UTC),
+            )
+        )
+        await self._emitter.emit(
+            workflow_id,
+            EventType.WORKFLOW_CREATED,
+            "Workflow queued",
+            data={"issue_id": issue_id, "queued": True},
+        )
+        return workflow_id
+
+    async def queue_and_plan_workflow(
+        self,
+        issue_id: str,
+        worktree_path: str,
+        profile: str | None = None,
+        task_title: str | None = None,
+        task_description: str | None = None,
+    ) -> uuid.UUID:
+        """Queue a workflow and let the architect plan it now; it blocks for approval."""
+        workflow_id = await self.queue_workflow(
+            issue_id, worktree_path, profile, task_title, task_description
+        )
+        await self._emitter.emit(
+            workflow_id,
+            EventType.STAGE_STARTED,
+            "Planning",
+            data={"stage": "architect", "planning": True},
+        )
+        self._track(self._planning, workflow_id, self._execute(workflow_id, planning=True))
+        return workflow_id
+
+    async def start_pending_workflow(self, workflow_id: uuid.UUID) -> None:
+        """Start a queued workflow."""
+        row = await self._get(workflow_id)
+        if row.workflow_status != S.PENDING:
+            raise InvalidStateError(
+                f"Workflow is {row.workflow_status.value}, not pending",
+                workflow_id,
+                row.workflow_status,
+            )
+        if workflow_id in self._planning:
+            raise WorkflowConflictError("The architect is still planning this workflow")
+        async with self._start_lock:
+            await self._check_capacity()
+            moved = await self._repository.transition(
+                workflow_id, (S.PENDING,), S.IN_PROGRESS, set_started_at=True
+            )
+        if moved is None:
+            current = (await self._get(workflow_id)).workflow_status
+            raise InvalidStateError(
+                f"Workflow is {current.value}, not pending", workflow_id, current
+            )
+        await self._emitter.emit(workflow_id, EventType.WORKFLOW_STARTED, "Workflow started")
+        self._track(self._tasks, workflow_id, self._execute(workflow_id))
+
+    async def start_batch_workflows(
+        self, workflow_ids: list[uuid.UUID] | None = None, worktree_path: str | None = None
+    ) -> tuple[list[uuid.UUID], dict[uuid.UUID, str]]:
+        """Start several queued workflows; returns (started ids, {id: error message})."""
+        if workflow_ids is None:
+            pending = await self._repository.find_by_status([S.PENDING])
+            workflow_ids = [
+                row.id
+                for row in sorted(pending, key=lambda r: r.created_at)
+                if worktree_path is None or row.worktree_path == worktree_path
+            ]
+        started: list[uuid.UUID] = []
+        errors: dict[uuid.UUID, str] = {}
+        for workflow_id in workflow_ids:
+            try:
+                await self.start_pending_workflow(workflow_id)
+                started.append(workflow_id)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                errors[workflow_id] = str(exc)
+        return started, errors
+
+    async def _cas(
+        self,
+        workflow_id: uuid.UUID,
+        expected: Collection[WorkflowStatus],
+        target: WorkflowStatus,
+        action: str,
+        **kwargs: Any,
+    ) -> ServerExecutionState:
+        moved = await self._repository.transition(workflow_id, expected, target, **kwargs)
+        if moved is None:
+            current = (await self._get(workflow_id)).workflow_status
+            wanted = " or ".join(s.value for s in expected)
+            raise InvalidStateError(
+                f"Cannot {action}: workflow is {current.value}, not {wanted}", workflow_id, current
+            )
+        return moved
+
+    async def approve_workflow(self, workflow_id: uuid.UUID) -> None:
+        """Approve a blocked plan; the run continues in a tracked background task."""
+        row = await self._cas(workflow_id, (S.BLOCKED,), S.IN_PROGRESS, "approve")
+        await self._emitter.emit(workflow_id, EventType.APPROVAL_GRANTED, "Plan approved")
+        try:
+            await self._runner.set_approval(row, True)
+        except Exception as exc:
+            await self._fail(workflow_id, f"Could not record the approval: {exc}")
+            raise
+        self._track(self._tasks, workflow_id, self._execute(workflow_id))
+
+    async def reject_workflow(self, workflow_id: uuid.UUID, feedback: str) -> None:
+        """Reject a blocked plan: the workflow fails with the feedback as its reason."""
+        row = await self._cas(
+            workflow_id, (S.BLOCKED,), S.FAILED, "reject", failure_reason=feedback
+        )
+        await self._emitter.emit(
+            workflow_id, EventType.APPROVAL_REJECTED, "Plan rejected", data={"feedback": feedback}
+        )
+        try:
+            await self._runner.set_approval(row, False, feedback)
+        except Exception:
+            logger.exception("could not record the rejection of %s in its checkpoint", workflow_id)
+
+    async def cancel_workflow(self, workflow_id: uuid.UUID, reason: str | None = None) -> None:
+        """Cancel a pending, running or blocked workflow and stop its task here."""
+        await self._cas(
+            workflow_id,
+            (S.PENDING, S.IN_PROGRESS, S.BLOCKED),
+            S.CANCELLED,
+            "cancel",
+            failure_reason=reason,
+        )
+        for registry in (self._tasks, self._planning):
+            task = registry.get(workflow_id)
+            if task is not None:
+                task.cancel()
+        await self._emitter.emit(
+            workflow_id, EventType.WORKFLOW_CANCELLED, reason or "Workflow cancelled"
+        )
+
+    async def resume_workflow(self, workflow_id: uuid.UUID) -> ServerExecutionState:
+        """Resume a failed workflow from its last checkpoint."""
+        row = await self._get(workflow_id)
+        if row.workflow_status != S.FAILED:
+            raise InvalidStateError(
+                f"Cannot resume: workflow is {row.workflow_status.value}, not failed",
+                workflow_id,
+                row.workflow_status,
+            )
+        try:
+            has_checkpoint = await self._runner.has_checkpoint(row)
+        except Exception as exc:
+            raise InvalidStateError(
+                f"Cannot resume: the checkpoint could not be read ({exc})",
+                workflow_id,
+                row.workflow_status,
+            ) from exc
+        if not has_checkpoint:
+            raise InvalidStateError(
+                "Cannot resume: the workflow has no checkpoint", workflow_id, row.workflow_status
+            )
+        async with self._start_lock:
+            await self._check_capacity()
+            moved = await self._cas(
+                workflow_id, (S.FAILED,), S.IN_PROGRESS, "resume", clear_completion=True
+            )
+        await self._emitter.emit(
+            workflow_id, EventType.WORKFLOW_STARTED, "Workflow resumed", data={"resumed": True}
+        )
+        self._track(self._tasks, workflow_id, self._execute(workflow_id))
+        return moved
+
+    async def set_workflow_plan(
+        self,
+        workflow_id: uuid.UUID,
+        plan_file: str | None = None,
+        plan_content: str | None = None,
+        force: bool = False,
+    ) -> dict[str, Any]:
+        """Give a queued workflow an external plan; returns goal, key files and task count."""
+        if bool(plan_file) == bool(plan_content):
+            raise ValueError("give exactly one of plan_file and plan_content")
+        row = await self._get(workflow_id)
+        if row.workflow_status != S.PENDING:
+            raise InvalidStateError(
+                f"Cannot set a plan: workflow is {row.workflow_status.value}, not pending",
+                workflow_id,
+                row.workflow_status,
+            )
+        if workflow_id in self._planning:
+            raise WorkflowConflictError("The architect is already planning this workflow")
+        existing = row.plan_cache
+        if existing and (existing.plan_markdown or existing.plan_path) and not force:
+            raise WorkflowConflictError("The workflow already has a plan; use force to replace it")
+        text = (
+            plan_content
+            if plan_content
+            else read_inside_worktree(row.worktree_path, str(plan_file))
+        )
+        parsed = parse_plan(text)
+        await self._repository.update_plan_cache(
+            workflow_id,
+            PlanCache(
+                goal=parsed.goal,
+                plan_markdown=parsed.markdown,
+                plan_path=str(plan_file) if plan_file else None,
+                total_tasks=parsed.total_tasks,
+                current_task_index=0,
+            ),
+        )
+        await self._emitter.emit(
+            workflow_id,
+            EventType.AGENT_MESSAGE,
+            "External plan set",
+            data={"total_tasks": parsed.total_tasks},
+        )
+        return {
+            "goal": parsed.goal,
+            "key_files": parsed.key_files,
+            "total_tasks": parsed.total_tasks,
+        }
+
+    async def replan_workflow(self, workflow_id: uuid.UUID) -> None:
+        """Throw away a blocked plan and let the architect plan again."""
+        row = await self._get(workflow_id)
+        if workflow_id in self._planning:
+            raise WorkflowConflictError("The architect is already planning this workflow")
+        if row.profile_id is None:
+            raise InvalidStateError(
+                "Cannot replan: the workflow has no profile", workflow_id, row.workflow_status
+            )
+        await self._profile(row.profile_id)  # a missing profile is a ValueError; status untouched
+        await self._cas(workflow_id, (S.BLOCKED,), S.PENDING, "replan")
+        try:
+            await self._saver.adelete_thread(str(workflow_id))
+        except Exception:
+            logger.exception("could not delete the checkpoint of %s before replanning", workflow_id)
+        await self._repository.update_plan_cache(workflow_id, PlanCache())
+        await self._emitter.emit(
+            workflow_id,
+            EventType.STAGE_STARTED,
+            "Replanning",
+            data={"stage": "architect", "replan": True},
+        )
+        self._track(self._planning, workflow_id, self._execute(workflow_id, planning=True))
+
+    async def recover_interrupted_workflows(self) -> list[uuid.UUID]:
+        """At start-up: runs that were in progress when the server died become failed and
+        recoverable (resume continues them from their last checkpoint)."""
+        recovered: list[uuid.UUID] = []
+        for row in await self._repository.find_by_status([S.IN_PROGRESS]):
+            if row.id in self._tasks:
+                continue
+            moved = await self._repository.transition(
+                row.id, (S.IN_PROGRESS,), S.FAILED, failure_reason=RESTART_REASON
+            )
+            if moved is None:
+                continue
+            recovered.append(row.id)
+            await self._emitter.emit(
+                row.id, EventType.WORKFLOW_FAILED, RESTART_REASON, data={"recoverable": True}
+            )
+        return recovered
+
+    def get_active_workflows(self) -> list[uuid.UUID]:
+        """Ids of the workflows this process is running or planning right now."""
+        return [*self._tasks, *self._planning]
+
+    async def wait_idle(self, timeout: float | None = None) -> None:
+        """Wait until every tracked task of this process has finished (tests, shutdown)."""
+        tasks = [*self._tasks.values(), *self._planning.values()]
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
+
+    async def cancel_all_workflows(self, timeout: float = 5.0) -> None:
+        """At shutdown: cancel this process's tasks (statuses stay; recovery handles them)."""
+        tasks = [*self._tasks.values(), *self._planning.values()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Errors worth retrying: timeouts, dropped connections, provider overload."""
+    from amelia.drivers.base import DriverTransientError
+
+    return isinstance(exc, DriverTransientError | TimeoutError | ConnectionError)
+
+
+__all__ = ["InvalidWorktreeError", "OrchestratorService", "is_transient"]

@@ -1,0 +1,22 @@
+"""HTTP and WebSocket routes, registered on the app in one place."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+
+def register_routes(app: FastAPI) -> None:
+    """Include every router (the order does not matter: prefixes do not overlap)."""
+    from amelia.server.routes import (
+        brainstorm,
+        config,
+        health,
+        prompts,
+        settings,
+        usage,
+        websocket,
+        workflows,
+    )
+
+    for module in (health, workflows, usage, settings, config, prompts, brainstorm, websocket):
+        app.include_router(module.router)

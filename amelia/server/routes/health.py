@@ -1,0 +1,79 @@
+"""Health: `/api/health` (real database probe and pool figures), `/live`, `/ready`."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from amelia import __version__
+from amelia.server.database.repository import WorkflowRepository
+from amelia.server.dependencies import Services
+
+router = APIRouter(prefix="/api/health", tags=["health"])
+STARTED = time.monotonic()
+
+
+async def _probe(services: Services) -> tuple[bool, float]:
+    started = time.perf_counter()
+    healthy = await services.db.is_healthy()
+    return healthy, (time.perf_counter() - started) * 1000
+
+
+def _checkpoint_pool(services: Services) -> dict[str, Any]:
+    try:
+        pool = services.checkpoints.pool
+    except RuntimeError:
+        return {"open": False}
+    stats = pool.get_stats()
+    size = int(stats.get("pool_size", 0))
+    available = int(stats.get("pool_available", 0))
+    return {
+        "open": True,
+        "size": size,
+        "checked_out": size - available,
+        "idle": available,
+        "waiting": int(stats.get("requests_waiting", 0)),
+        "max_size": pool.max_size,
+    }
+
+
+@router.get("")
+async def health(services: Services) -> JSONResponse:
+    """Overall health with a real round trip to the database; 503 when it fails."""
+    healthy, latency_ms = await _probe(services)
+    body: dict[str, Any] = {
+        "status": "healthy" if healthy and not services.shutting_down else "unhealthy",
+        "version": __version__,
+        "uptime_seconds": round(time.monotonic() - STARTED, 1),
+        "database": {
+            "status": "connected" if healthy else "unreachable",
+            "target": services.database_description,
+            "latency_ms": round(latency_ms, 2),
+            "pool": services.db.pool_status(),
+        },
+        "checkpoint_pool": _checkpoint_pool(services),
+        "workflows": {"running_in_this_process": len(services.orchestrator.get_active_workflows())},
+    }
+    if healthy:
+        body["workflows"]["active"] = await WorkflowRepository(services.db).count_active()
+    return JSONResponse(body, status_code=200 if body["status"] == "healthy" else 503)
+
+
+@router.get("/live")
+async def live() -> dict[str, str]:
+    """The process answers (no dependency checked)."""
+    return {"status": "alive"}
+
+
+@router.get("/ready")
+async def ready(services: Services) -> JSONResponse:
+    """Ready for traffic: the database answers and the server is not shutting down."""
+    healthy, _ = await _probe(services)
+    if services.shutting_down:
+        return JSONResponse({"status": "shutting_down"}, status_code=503)
+    if not healthy:
+        return JSONResponse({"status": "database_unavailable"}, status_code=503)
+    return JSONResponse({"status": "ready"})

@@ -1,0 +1,162 @@
+"""API latency under load: `amelia serve` as its own process, clients in this one.
+
+- Closed loop: 50 concurrent clients, each sending its next request when the last answers.
+- Open loop (fixed offered rate, so a slow server cannot slow the load down): requests are
+  scheduled at exact instants and latency is measured from the scheduled instant.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import time
+from typing import Any
+
+import httpx
+
+from bench.common import summarise, timing_dict
+from tests.e2e.serve_process import ServeProcess
+
+CLIENTS = 50
+CLOSED_SECONDS = 15.0
+OPEN_RATE = 200
+OPEN_SECONDS = 30.0
+
+
+async def _closed_loop(url: str, path: str, seconds: float) -> dict[str, Any]:
+    samples: list[int] = []
+    errors = 0
+    limits = httpx.Limits(max_connections=CLIENTS, max_keepalive_connections=CLIENTS)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
+        deadline = time.monotonic() + seconds
+
+        async def worker() -> None:
+            nonlocal errors
+            while time.monotonic() < deadline:
+                started = time.perf_counter_ns()
+                response = await client.get(path)
+                samples.append(time.perf_counter_ns() - started)
+                if response.status_code != 200:
+                    errors += 1
+
+        await asyncio.gather(*(worker() for _ in range(CLIENTS)))
+    timing = summarise(path, samples)
+    return {**timing_dict(timing), "errors": errors, "throughput_rps": len(samples) / seconds}
+
+
+async def _open_loop(url: str, path: str, rate: float, seconds: float) -> dict[str, Any]:
+    samples: list[int] = []
+    errors = 0
+    limits = httpx.Limits(max_connections=400, max_keepalive_connections=100)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
+        start = time.perf_counter_ns()
+        interval = int(1e9 / rate)
+        total = int(rate * seconds)
+
+        async def one(scheduled: int) -> None:
+            nonlocal errors
+            response = await client.get(path)
+            samples.append(time.perf_counter_ns() - scheduled)
+            if response.status_code != 200:
+                errors += 1
+
+        tasks = []
+        for i in range(total):
+            scheduled = start + i * interval
+            delay = (scheduled - time.perf_counter_ns()) / 1e9
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(scheduled)))
+        await asyncio.gather(*tasks)
+    timing = summarise(f"{path} @ {rate}/s", samples)
+    return {**timing_dict(timing), "errors": errors, "rate": rate}
+
+
+async def _highest_rate(url: str, path: str) -> dict[str, Any]:
+    """Step the offered rate up until p99 passes 50 ms (10 s per step)."""
+    best = 0
+    steps = []
+    for rate in (100, 200, 300, 400, 500, 650, 800):
+        result = await _open_loop(url, path, rate, 10.0)
+        steps.append({"rate": rate, "p99_ms": result["p99_us"] / 1000})
+        if result["p99_us"] > 50_000 or result["errors"]:
+            break
+        best = rate
+    return {"highest_rate_p99_under_50ms": best, "steps": steps}
+
+
+async def _measure(url: str) -> dict[str, Any]:
+    list_path = "/api/workflows?limit=20"
+    usage_path = "/api/usage?preset=90d"
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        for path in (list_path, usage_path):  # warm up
+            for _ in range(5):
+                (await client.get(path)).raise_for_status()
+    return {
+        "closed_loop_50_clients": {
+            "list": await _closed_loop(url, list_path, CLOSED_SECONDS),
+            "usage_90d": await _closed_loop(url, usage_path, CLOSED_SECONDS),
+        },
+        "open_loop_list_200rps_30s": await _open_loop(url, list_path, OPEN_RATE, OPEN_SECONDS),
+        "open_loop_list_max_rate": await _highest_rate(url, list_path),
+        "usage_median_single_client_ms": statistics.median(
+            [await _single(url, usage_path) for _ in range(10)]
+        ),
+    }
+
+
+async def _single(url: str, path: str) -> float:
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        started = time.perf_counter()
+        (await client.get(path)).raise_for_status()
+        return (time.perf_counter() - started) * 1000
+
+
+def run(url: str, log_dir: str) -> dict[str, Any]:
+    """Serve the seeded database at `url` and measure; returns the section for latest.json."""
+    from pathlib import Path
+
+    env = {"AMELIA_DATABASE_URL": url, "AMELIA_DB_POOL_MAX_SIZE": "20"}
+    env["AMELIA_HOME"] = os.path.join(log_dir, "home")
+    with ServeProcess(env, log=Path(log_dir) / "serve.log") as server:
+        return asyncio.run(_measure(server.url))
+
+
+def render(section: dict[str, Any]) -> list[str]:
+    closed = section["closed_loop_50_clients"]
+    open_loop = section["open_loop_list_200rps_30s"]
+    highest = section["open_loop_list_max_rate"]
+    lines = [
+        "## HTTP API under load",
+        "",
+        "`amelia serve` in its own process on the seeded database (100,000 workflows, "
+        "1,000,000 token rows); load from a second process on the same 2 cores.",
+        "",
+        "| Scenario | p50 | p99 | throughput | errors |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, label in (
+        ("list", "GET /api/workflows?limit=20"),
+        ("usage_90d", "GET /api/usage?preset=90d"),
+    ):
+        r = closed[name]
+        lines.append(
+            f"| {label}, 50 concurrent clients | {r['median_us'] / 1000:.1f} ms | "
+            f"{r['p99_us'] / 1000:.1f} ms | {r['throughput_rps']:.0f}/s | {r['errors']} |"
+        )
+    lines.append(
+        f"| GET /api/workflows, open loop {open_loop['rate']}/s for 30 s | "
+        f"{open_loop['median_us'] / 1000:.1f} ms | {open_loop['p99_us'] / 1000:.1f} ms | "
+        f"{open_loop['rate']}/s offered | {open_loop['errors']} |"
+    )
+    steps = ", ".join(f"{s['rate']}/s p99 {s['p99_ms']:.0f} ms" for s in highest["steps"])
+    best = highest["highest_rate_p99_under_50ms"]
+    usage_ms = section["usage_median_single_client_ms"]
+    lines += [
+        "",
+        f"- Highest offered rate with p99 under 50 ms: **{best}/s** (steps: {steps}).",
+        f"- `GET /api/usage?preset=90d` alone: {usage_ms:.0f} ms median.",
+        "",
+    ]
+    return lines

@@ -1,0 +1,85 @@
+"""A server process killed with SIGKILL mid-run: its workflows survive in PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from amelia.server.models.events import EventType
+from amelia.server.models.state import WorkflowStatus
+from amelia.server.orchestrator.service import RESTART_REASON, OrchestratorService
+from tests.orchestrator.agent_server import AgentServer
+from tests.orchestrator.helpers import wait_for_status
+
+S = WorkflowStatus
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+async def test_sigkill_mid_run_then_resume_from_the_last_checkpoint(
+    orchestrator: OrchestratorService, agents: AgentServer, database_url: str, tmp_path: Path
+) -> None:
+    trees = []
+    for name in ("a", "b"):
+        tree = tmp_path / name
+        (tree / ".git").mkdir(parents=True)
+        trees.append(str(tree))
+    agents.hold_developer.clear()  # A's developer call will hang until we release it
+    worker = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.orchestrator.worker",
+        database_url,
+        *trees,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert worker.stdout is not None
+        line = await asyncio.wait_for(worker.stdout.readline(), timeout=60)
+        assert line, (await worker.stderr.read()).decode()[-3000:]  # type: ignore[union-attr]
+        ids = {k: uuid.UUID(v) for k, v in json.loads(line).items()}
+        assert await asyncio.to_thread(agents.developer_started.wait, 30)
+        os.kill(worker.pid, signal.SIGKILL)
+        assert await worker.wait() == -signal.SIGKILL
+    finally:
+        if worker.returncode is None:
+            worker.kill()
+            await worker.wait()
+
+    repo = orchestrator.repository
+    assert (await repo.get(ids["a"])).workflow_status == S.IN_PROGRESS  # type: ignore[union-attr]
+    assert dict(agents.calls) == {"architect": 2, "developer": 1}
+
+    # The "restarted server": recovery marks the interrupted run failed and recoverable.
+    recovered = await orchestrator.recover_interrupted_workflows()
+    assert recovered == [ids["a"]]
+    a = await repo.get(ids["a"])
+    assert a is not None
+    assert a.workflow_status == S.FAILED
+    assert a.failure_reason == RESTART_REASON
+    events = await repo.get_recent_events(ids["a"], 100)
+    assert events[-1].event_type == EventType.WORKFLOW_FAILED
+    assert events[-1].data == {"recoverable": True}
+
+    agents.hold_developer.set()
+    await orchestrator.resume_workflow(ids["a"])
+    done = await wait_for_status(repo, ids["a"], S.COMPLETED, S.FAILED)
+    assert done.workflow_status == S.COMPLETED, done.failure_reason
+    # The architect and plan validation are not repeated; only the step in flight runs again.
+    assert dict(agents.calls) == {"architect": 2, "developer": 2, "reviewer": 1}
+
+    # B was blocked for approval before the kill: it can be approved after the restart.
+    assert (await repo.get(ids["b"])).workflow_status == S.BLOCKED  # type: ignore[union-attr]
+    await orchestrator.approve_workflow(ids["b"])
+    done_b = await wait_for_status(repo, ids["b"], S.COMPLETED, S.FAILED)
+    assert done_b.workflow_status == S.COMPLETED, done_b.failure_reason
+    assert dict(agents.calls) == {"architect": 2, "developer": 3, "reviewer": 2}
