@@ -13,6 +13,10 @@ the same process, alternating, ROUNDS times; the median round counts:
 - `pooled_check`: the same with `check_connections=True`, to show what a check round trip on
   every checkout would cost.
 
+Two scenarios: `local` (the server on this host: round trips cost almost nothing, so the run is
+CPU-bound and the saver's lock costs least) and `remote` (the same server behind a delay
+proxy in its own process, round trip about 1 ms, like a database on another host).
+
 `python -m bench.checkpoints` runs it alone on a scratch database and prints the table.
 """
 

@@ -1,15 +1,55 @@
-"""LangGraph checkpoints on PostgreSQL: the saver's tables and (later) its own psycopg pool.
+"""LangGraph checkpoints on PostgreSQL: the saver's tables, its own psycopg pool, its saver.
 
-The saver owns `checkpoints`, `checkpoint_blobs`, `checkpoint_writes` and
-`checkpoint_migrations`; we create them with its own `setup()`, never with our SQL.
+The saver owns `checkpoints`, `checkpoint_blobs`, `checkpoint_writes`, `checkpoint_migrations`:
+its own `setup()` creates them (`amelia db upgrade`) and we read and delete only through its
+API (our one query is the start-up check of their version). `CheckpointStore`, opened in the
+app lifespan, owns a psycopg pool (the saver needs psycopg, not asyncpg) and a
+`PooledPostgresSaver`: the stock saver takes one asyncio lock around every call even on a
+pool, so concurrent workflows queue behind each other; ours gives each call its own connection.
 """
 
 from __future__ import annotations
 
-from psycopg import AsyncConnection
-from psycopg.rows import DictRow, dict_row
+import asyncio
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
+from functools import partial
+from types import TracebackType
+from typing import Any, Self, TypeVar
 
+import psycopg
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import (
+    ChannelVersions,
+    Checkpoint,
+    CheckpointMetadata,
+    CheckpointTuple,
+)
+from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+from langgraph.checkpoint.serde.base import SerializerProtocol
+from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
+from psycopg import AsyncConnection, AsyncCursor
+from psycopg.rows import DictRow, dict_row
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from sqlalchemy.engine import URL, make_url
+
+from amelia.server.config import ServerConfig, psycopg_conninfo, redact_url
+from amelia.server.database.connection import DatabaseConnectionError, describe_connection_failure
 from amelia.server.database.migrations import DEFAULT_LOCK_TIMEOUT_S, MIGRATION_LOCK_KEY
+
+logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+CHECKPOINT_SETUP_TABLES = ("checkpoints", "checkpoint_blobs", "checkpoint_writes")
+_VERSION_TABLE = "checkpoint_migrations"
+
+# Amelia types that may appear in graph state, as exact (module, class name) pairs: the
+# serializer refuses to revive anything else (LangGraph supports no module prefixes).
+# Every new type stored in graph state must be added here.
+CHECKPOINT_ALLOWED_TYPES: tuple[tuple[str, str], ...] = ()
 
 
 async def setup_checkpoint_tables(conninfo: str) -> None:
@@ -17,8 +57,6 @@ async def setup_checkpoint_tables(conninfo: str) -> None:
 
     `setup()` uses CREATE INDEX CONCURRENTLY, so the connection must be in autocommit mode.
     """
-    from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
-
     conn: AsyncConnection[DictRow] = await AsyncConnection.connect(
         conninfo, autocommit=True, prepare_threshold=0, row_factory=dict_row
     )
@@ -33,4 +71,392 @@ async def setup_checkpoint_tables(conninfo: str) -> None:
             await conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
 
 
-CHECKPOINT_SETUP_TABLES = ("checkpoints", "checkpoint_blobs", "checkpoint_writes")
+class CheckpointSchemaError(RuntimeError):
+    """The saver's tables are missing or older than this code expects."""
+
+
+def checkpoint_serializer(
+    extra_types: Iterable[tuple[str, str] | type] = (),
+) -> JsonPlusSerializer:
+    """The saver's serializer, reviving only safe LangGraph types and our allow-list.
+
+    Args:
+        extra_types: more (module, class name) pairs or classes to allow (tests, plugins).
+    """
+    allowed: list[tuple[str, str] | type] = [*CHECKPOINT_ALLOWED_TYPES, *extra_types]
+    # An empty list means "safe types only" to LangGraph, which is what we want then too.
+    return JsonPlusSerializer(
+        allowed_json_modules=[_type_key(t) for t in allowed] or None,
+        allowed_msgpack_modules=allowed or None,
+    )
+
+
+def _type_key(entry: tuple[str, str] | type) -> tuple[str, ...]:
+    return (entry.__module__, entry.__name__) if isinstance(entry, type) else entry
+
+
+def thread_id_for(workflow_id: uuid.UUID | str) -> str:
+    """The LangGraph thread id of a workflow: its id as a canonical string.
+
+    A UUID-looking string is normalised (case, braces) so every caller hits the same thread.
+    """
+    if isinstance(workflow_id, uuid.UUID):
+        return str(workflow_id)
+    try:
+        return str(uuid.UUID(workflow_id))
+    except ValueError:
+        return workflow_id
+
+
+def thread_config(workflow_id: uuid.UUID | str) -> RunnableConfig:
+    """The `RunnableConfig` selecting a workflow's checkpoint thread (thread_id is a str)."""
+    return {"configurable": {"thread_id": thread_id_for(workflow_id)}}
+
+
+class ConnectionLost(psycopg.OperationalError):
+    """A pooled connection died under a saver call (terminated backend, server restart)."""
+
+
+class PooledPostgresSaver(AsyncPostgresSaver):
+    """`AsyncPostgresSaver` without the global lock when it runs on a connection pool.
+
+    Each call checks out its own pooled connection for the length of the call (for `alist`,
+    until the iteration ends), so calls from different workflows never share a connection
+    and need no serialising. On a single connection, or with a pipeline, the stock lock is
+    kept: a psycopg connection runs one statement at a time.
+
+    On a pool, `aput`, `aput_writes`, `aget_tuple` and `adelete_thread` run again on another
+    connection when theirs turns out to be dead (the pool discards it). They are safe to
+    repeat: the writes are upserts or ON CONFLICT DO NOTHING inserts, the delete is a delete.
+    That replaces a check round trip on every checkout.
+    """
+
+    def __init__(
+        self,
+        conn: AsyncConnection[DictRow] | AsyncConnectionPool[AsyncConnection[DictRow]],
+        pipe: psycopg.AsyncPipeline | None = None,
+        serde: SerializerProtocol | None = None,
+    ) -> None:
+        super().__init__(conn, pipe=pipe, serde=serde)
+        # Two in-process prunes of one thread fail each other (SerializationFailure); the
+        # stock lock used to keep them apart, so prunes keep a lock of their own.
+        self._prune_lock = asyncio.Lock()
+
+    @property
+    def serialises_calls(self) -> bool:
+        """True when calls still queue behind the stock lock (single connection or pipeline)."""
+        return self.pipe is not None or not isinstance(self.conn, AsyncConnectionPool)
+
+    @asynccontextmanager
+    async def _cursor(self, *, pipeline: bool = False) -> AsyncIterator[AsyncCursor[DictRow]]:
+        if self.pipe is not None or not isinstance(self.conn, AsyncConnectionPool):
+            async with super()._cursor(pipeline=pipeline) as cur:
+                yield cur
+            return
+        # The same branches as the stock method, minus `self.lock`: the connection is ours
+        # alone until the block ends and goes back to the pool.
+        async with self.conn.connection() as conn:
+            try:
+                if not pipeline:
+                    async with conn.cursor(binary=True, row_factory=dict_row) as cur:
+                        yield cur
+                elif self.supports_pipeline:
+                    async with (
+                        conn.pipeline(),
+                        conn.cursor(binary=True, row_factory=dict_row) as cur,
+                    ):
+                        yield cur
+                else:
+                    async with (
+                        conn.transaction(),
+                        conn.cursor(binary=True, row_factory=dict_row) as cur,
+                    ):
+                        yield cur
+            except psycopg.OperationalError as exc:
+                if isinstance(exc, ConnectionLost) or not (conn.broken or conn.closed):
+                    raise
+                raise ConnectionLost(str(exc)) from exc
+
+    async def _retrying(self, call: Callable[[], Awaitable[_T]]) -> _T:
+        # Every pooled connection may be dead (server restart): allow one attempt per
+        # connection the pool can hold, plus one on a fresh connection.
+        attempts = self.conn.max_size + 1 if isinstance(self.conn, AsyncConnectionPool) else 1
+        for attempt in range(1, attempts + 1):
+            try:
+                return await call()
+            except ConnectionLost as exc:
+                if attempt == attempts:
+                    raise
+                logger.warning("checkpoint connection lost (%s); retrying", exc.__cause__)
+        raise AssertionError("unreachable")
+
+    async def aput(
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> RunnableConfig:
+        """Save a checkpoint (see `AsyncPostgresSaver.aput`); retried on a dead connection."""
+        return await self._retrying(
+            partial(super().aput, config, checkpoint, metadata, new_versions)
+        )
+
+    async def aput_writes(
+        self,
+        config: RunnableConfig,
+        writes: Sequence[tuple[str, Any]],
+        task_id: str,
+        task_path: str = "",
+    ) -> None:
+        """Save a task's pending writes (see `AsyncPostgresSaver.aput_writes`); retried."""
+        await self._retrying(partial(super().aput_writes, config, writes, task_id, task_path))
+
+    async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        """Load a checkpoint (see `AsyncPostgresSaver.aget_tuple`); retried."""
+        return await self._retrying(partial(super().aget_tuple, config))
+
+    async def adelete_thread(self, thread_id: str) -> None:
+        """Delete a thread's rows in all three tables (see the stock method); retried."""
+        await self._retrying(partial(super().adelete_thread, thread_id))
+
+    async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+        """Prune checkpoints of the given threads (see `AsyncPostgresSaver.aprune`).
+
+        In-process prunes run one at a time; other calls are not held up by them.
+        """
+        async with self._prune_lock:
+            await super().aprune(thread_ids, strategy=strategy)
+
+
+class CheckpointStore:
+    """The checkpointer's psycopg pool and saver, opened and closed with the app.
+
+    Use as `async with CheckpointStore(...) as store:` or call `open()`/`close()`.
+
+    Args:
+        database_url: a `postgresql://` URL (the password is kept only for connecting).
+        min_size: connections kept open.
+        max_size: upper bound on open connections.
+        prepare_threshold: psycopg's `prepare_threshold`; None disables prepared statements
+            (needed behind a transaction-mode pooler).
+        application_name: shown in `pg_stat_activity`.
+        statement_timeout_ms: server-side statement timeout; 0 disables it.
+        open_timeout: seconds `open()` waits for the pool's first connections.
+        pool_timeout: seconds a call waits for a free pooled connection.
+        check_connections: also check each connection as it is checked out (one more round
+            trip per call). Off by default: the saver already retries its calls on another
+            connection when theirs is dead.
+        serde: the saver's serializer; `checkpoint_serializer()` by default.
+    """
+
+    def __init__(
+        self,
+        database_url: str | URL,
+        *,
+        min_size: int = 1,
+        max_size: int = 10,
+        prepare_threshold: int | None = 0,
+        application_name: str = "amelia-checkpoints",
+        statement_timeout_ms: int = 30_000,
+        open_timeout: float = 10.0,
+        pool_timeout: float = 10.0,
+        check_connections: bool = False,
+        serde: SerializerProtocol | None = None,
+    ) -> None:
+        if min_size > max_size:
+            raise ValueError(f"min_size ({min_size}) is larger than max_size ({max_size})")
+        url = make_url(database_url) if isinstance(database_url, str) else database_url
+        self._url = url.set(drivername="postgresql")
+        self._min_size = min_size
+        self._max_size = max_size
+        self._open_timeout = open_timeout
+        self._pool_timeout = pool_timeout
+        self._check_connections = check_connections
+        self._serde = serde
+        self._connect_kwargs: dict[str, Any] = {
+            "autocommit": True,  # the saver's setup/pipelines expect it; one commit per call
+            "row_factory": dict_row,
+            "prepare_threshold": prepare_threshold,
+            "application_name": application_name[:63],
+            "connect_timeout": max(2, round(open_timeout)),  # libpq: whole seconds, >= 2
+        }
+        if statement_timeout_ms:
+            self._connect_kwargs["options"] = f"-c statement_timeout={statement_timeout_ms}"
+        self._pool: AsyncConnectionPool[AsyncConnection[DictRow]] | None = None
+        self._saver: PooledPostgresSaver | None = None
+
+    @classmethod
+    def from_config(cls, config: ServerConfig, database_url: str | URL) -> CheckpointStore:
+        """A store with the `checkpoint_*` and `db_*` settings of a `ServerConfig`."""
+        return cls(
+            database_url,
+            min_size=config.checkpoint_pool_min_size,
+            max_size=config.checkpoint_pool_max_size,
+            prepare_threshold=config.checkpoint_prepare_threshold,
+            application_name=f"{config.db_application_name}-checkpoints",
+            statement_timeout_ms=config.db_statement_timeout_ms,
+            open_timeout=config.db_connect_timeout_seconds,
+            pool_timeout=config.db_pool_timeout_seconds,
+        )
+
+    @property
+    def redacted_url(self) -> str:
+        """The target URL with the password hidden, for messages."""
+        return redact_url(self._url)
+
+    @property
+    def pool(self) -> AsyncConnectionPool[AsyncConnection[DictRow]]:
+        """The open pool; `RuntimeError` before `open()`."""
+        if self._pool is None:
+            raise RuntimeError("CheckpointStore is not open; call open() first")
+        return self._pool
+
+    @property
+    def saver(self) -> PooledPostgresSaver:
+        """The saver to pass as `checkpointer=`; `RuntimeError` before `open()`."""
+        if self._saver is None:
+            raise RuntimeError("CheckpointStore is not open; call open() first")
+        return self._saver
+
+    async def open(self) -> PooledPostgresSaver:
+        """Open the pool (waiting for its first connections) and build the saver.
+
+        Must run inside the event loop that will use the saver.
+
+        Raises:
+            DatabaseConnectionError: no connection within `open_timeout` (names host, port,
+                database and AMELIA_DATABASE_URL; the password is redacted).
+        """
+        if self._saver is not None:
+            return self._saver
+        check = AsyncConnectionPool.check_connection if self._check_connections else None
+        pool = AsyncConnectionPool(
+            psycopg_conninfo(self._url),
+            connection_class=AsyncConnection[DictRow],
+            kwargs=self._connect_kwargs,
+            min_size=self._min_size,
+            max_size=self._max_size,
+            open=False,
+            check=check,
+            name="amelia-checkpoints",
+            timeout=self._pool_timeout,
+        )
+        try:
+            await pool.open(wait=True, timeout=self._open_timeout)
+            # With min_size 0 nothing was connected yet: prove one connection works.
+            async with pool.connection(timeout=self._open_timeout) as conn:
+                await conn.execute("SELECT 1")
+        except psycopg.OperationalError as exc:  # PoolTimeout is one
+            await pool.close()
+            raise await self._connection_error(exc) from exc
+        self._pool = pool
+        self._saver = PooledPostgresSaver(pool, serde=self._serde or checkpoint_serializer())
+        logger.info("checkpoint pool open on %s (max %d)", self.redacted_url, self._max_size)
+        return self._saver
+
+    async def _connection_error(self, exc: psycopg.OperationalError) -> DatabaseConnectionError:
+        cause: BaseException = exc
+        if isinstance(exc, PoolTimeout):
+            # The pool only says it timed out; one direct attempt tells the user why.
+            try:
+                conn = await AsyncConnection.connect(
+                    psycopg_conninfo(self._url), **self._connect_kwargs
+                )
+            except (psycopg.Error, OSError) as direct:
+                cause = direct
+            else:
+                await conn.close()
+                cause = TimeoutError(f"no pooled connection within {self._open_timeout:g} s")
+        return DatabaseConnectionError(
+            f"Checkpoint pool: {describe_connection_failure(cause, self._url)}"
+        )
+
+    async def close(self) -> None:
+        """Close the pool; never raises. Calls still running are cut off."""
+        pool, self._pool, self._saver = self._pool, None, None
+        if pool is None:
+            return
+        try:
+            await pool.close()
+        except (psycopg.Error, OSError, RuntimeError) as exc:
+            logger.warning("error while closing the checkpoint pool: %s", exc)
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def verify_tables(self) -> int:
+        """Check at start-up that the saver's tables exist at the saver's latest version.
+
+        Returns:
+            The version found in `checkpoint_migrations`.
+
+        Raises:
+            CheckpointSchemaError: tables missing or older than the installed saver; the
+                message says to run `amelia db upgrade`.
+        """
+        needed = len(PooledPostgresSaver.MIGRATIONS) - 1
+        where = f"database {self._url.database!r} ({self.redacted_url})"
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT name FROM unnest(%s::text[]) AS name WHERE to_regclass(name) IS NULL",
+                ([*CHECKPOINT_SETUP_TABLES, _VERSION_TABLE],),
+            )
+            missing = [row["name"] for row in await cur.fetchall()]
+            if missing:
+                raise CheckpointSchemaError(
+                    f"LangGraph checkpoint tables are missing in {where}: "
+                    f"{', '.join(missing)}. Run `amelia db upgrade` to create them."
+                )
+            cur = await conn.execute("SELECT max(v) AS v FROM checkpoint_migrations")
+            row = await cur.fetchone()
+        found = -1 if row is None or row["v"] is None else int(row["v"])
+        if found < needed:
+            raise CheckpointSchemaError(
+                f"LangGraph checkpoint tables in {where} are at version {found}, but the "
+                f"installed saver needs version {needed}. Run `amelia db upgrade`."
+            )
+        if found > needed:
+            # A newer Amelia migrated this database (rolling deploy): the saver's migrations
+            # only add, so an older saver keeps working; say so rather than refuse to start.
+            logger.warning(
+                "checkpoint tables are at version %d, newer than this saver's %d", found, needed
+            )
+        return found
+
+    async def delete_threads(self, workflow_ids: Iterable[uuid.UUID | str]) -> int:
+        """Delete the checkpoint threads of these workflows through `adelete_thread`.
+
+        Runs concurrently, at most `max_size` at a time (more would only queue for the pool
+        and could time out there). A database error on one thread is logged and skipped.
+
+        Args:
+            workflow_ids: workflow ids (UUIDs or their strings); duplicates are ignored.
+
+        Returns:
+            How many threads were deleted without error (a thread with no checkpoints counts).
+        """
+        saver = self.saver
+        thread_ids = list(dict.fromkeys(thread_id_for(w) for w in workflow_ids))
+        gate = asyncio.Semaphore(self._max_size)
+
+        async def delete(thread_id: str) -> bool:
+            async with gate:
+                try:
+                    await saver.adelete_thread(thread_id)
+                except psycopg.Error as exc:
+                    logger.warning("could not delete checkpoints of %s: %s", thread_id, exc)
+                    return False
+                return True
+
+        results = await asyncio.gather(*(delete(t) for t in thread_ids))
+        return sum(results)
