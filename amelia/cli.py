@@ -156,7 +156,11 @@ def serve(
     typer.echo(f"Amelia {__version__} starting on http://{config.host}:{config.port}")
     server = uvicorn.Server(
         uvicorn.Config(
-            create_app(config, migrate=migrate),
+            create_app(
+                config,
+                migrate=migrate,
+                first_run="interactive" if sys.stdin.isatty() else "quiet",
+            ),
             host=config.host,
             port=config.port,
             log_level="info",

@@ -67,6 +67,14 @@ def render() -> str:
         lines.append("")
     if "repositories" in results:
         lines += _repositories(results["repositories"])
+    if "checkpoints" in results:
+        from bench import checkpoints
+
+        lines += checkpoints.render(results["checkpoints"])
+    if "api" in results:
+        from bench import api
+
+        lines += api.render(results["api"])
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -71,7 +71,7 @@ async def _start_retention(services: AppServices, stack: AsyncExitStack) -> None
     stack.push_async_callback(retention.stop)
 
 
-def build_lifespan(config: ServerConfig | None, migrate: bool) -> Any:
+def build_lifespan(config: ServerConfig | None, migrate: bool, first_run: str) -> Any:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         cfg = config or load_config()
@@ -85,6 +85,11 @@ def build_lifespan(config: ServerConfig | None, migrate: bool) -> Any:
             await db.connect()
             stack.push_async_callback(db.close)
             await prepare_schema(target, db, migrate=migrate)
+            if first_run != "off":
+                from amelia.cli_config import ensure_default_profile
+
+                # A new user gets a usable profile; asked for its values only on a terminal.
+                await ensure_default_profile(db, interactive=first_run == "interactive")
 
             checkpoints = CheckpointStore.from_config(cfg, target.url)
             saver = await checkpoints.open()
@@ -118,15 +123,24 @@ def build_lifespan(config: ServerConfig | None, migrate: bool) -> Any:
     return lifespan
 
 
-def create_app(config: ServerConfig | None = None, *, migrate: bool = False) -> FastAPI:
-    """The Amelia FastAPI application (configuration is read at start when not given)."""
+def create_app(
+    config: ServerConfig | None = None, *, migrate: bool = False, first_run: str = "off"
+) -> FastAPI:
+    """The Amelia FastAPI application (configuration is read at start when not given).
+
+    Args:
+        config: the settings; read from the environment at start when None.
+        migrate: upgrade a configured database that is behind head instead of refusing it.
+        first_run: "off", "quiet" or "interactive": whether (and how) to create a default
+            profile when the database has none (`amelia serve` uses quiet or interactive).
+    """
     app = FastAPI(
         title="Amelia API",
         version=__version__,
         docs_url="/api/docs",
         redoc_url="/api/redoc",
         openapi_url="/api/openapi.json",
-        lifespan=build_lifespan(config, migrate),
+        lifespan=build_lifespan(config, migrate, first_run),
     )
     app.state.services = None
     app.state.startup_hooks = []
