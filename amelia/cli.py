@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -154,17 +154,25 @@ def serve(
             )
     logging.getLogger("amelia").setLevel(logging.INFO)
     typer.echo(f"Amelia {__version__} starting on http://{config.host}:{config.port}")
-    server = uvicorn.Server(
+    from amelia.server.main import drain
+
+    application = create_app(
+        config, migrate=migrate, first_run="interactive" if sys.stdin.isatty() else "quiet"
+    )
+
+    class AmeliaServer(uvicorn.Server):
+        async def shutdown(self, sockets: list[Any] | None = None) -> None:
+            await drain(application)  # producers first, then the sockets
+            await super().shutdown(sockets)
+
+    server = AmeliaServer(
         uvicorn.Config(
-            create_app(
-                config,
-                migrate=migrate,
-                first_run="interactive" if sys.stdin.isatty() else "quiet",
-            ),
+            application,
             host=config.host,
             port=config.port,
             log_level="info",
             lifespan="on",
+            timeout_graceful_shutdown=15,
         )
     )
     server.run()

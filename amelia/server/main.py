@@ -157,3 +157,22 @@ def create_app(
 
     register_routes(app)
     return app
+
+
+async def drain(app: FastAPI) -> None:
+    """Stop producing, then deliver what is queued: run before the HTTP server closes sockets.
+
+    uvicorn closes every WebSocket before the lifespan's shutdown runs, so the last events
+    of the workflows being stopped would otherwise be lost.
+    """
+    services: AppServices | None = getattr(app.state, "services", None)
+    if services is None:
+        return
+    services.shutting_down = True
+    await services.orchestrator.cancel_all_workflows(timeout=10)
+    brainstorm = services.extras.get("brainstorm")
+    if brainstorm is not None:
+        await brainstorm.stop()
+    manager = services.extras.get("ws")
+    if manager is not None:
+        await manager.close_all()

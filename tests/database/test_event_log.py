@@ -99,6 +99,7 @@ def statements(db: Database) -> Iterator[list[str]]:
         sent.append(args[2])
 
     sa_event.listen(db.engine.sync_engine, "before_cursor_execute", record)
+
     def record_direct(sql: str, arguments: tuple[Any, ...]) -> None:  # the fast read path
         sent.append(sql)
 

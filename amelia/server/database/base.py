@@ -17,8 +17,10 @@ from typing import Any, Self
 
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.util import greenlet_spawn
 
 from amelia.server.database.connection import Database
+from amelia.server.database.errors import translate_integrity_errors
 from amelia.server.database.fast_query import FastQuery
 
 # Failures that mean the connection itself is gone (it must not go back into the pool).
@@ -71,34 +73,42 @@ class RepositoryBase:
         try:
             yield raw.driver_connection
         except _CONNECTION_LOST:
-            raw.invalidate()
+            await greenlet_spawn(raw.invalidate)
             raise
         finally:
-            raw.close()
+            # Check-in may close an overflow connection, which is I/O: it must run inside
+            # SQLAlchemy's greenlet bridge (outside it the close fails and the connection leaks).
+            await greenlet_spawn(raw.close)
 
     async def _fast_all(
         self, query: FastQuery, params: Mapping[str, Any] | None = None
     ) -> list[dict[str, Any]]:
-        """Run a prebuilt read on the asyncpg connection; rows as dicts (see fast_query)."""
-        compiled = query.compiled(self._db.engine.dialect)
-        arguments = compiled.arguments(params or {})
-        for listener in self._db.direct_statement_listeners:
-            listener(compiled.sql, tuple(arguments))
-        async with self._driver() as driver:
-            records = await driver.fetch(compiled.sql, *arguments)
-        return compiled.rows(records)
+        """Run a prebuilt statement on the asyncpg connection; rows as dicts.
+
+        Inside a caller's transaction the statement goes through SQLAlchemy instead, so it
+        is part of that transaction (SQLAlchemy begins it lazily, on its first statement).
+        Integrity errors become domain errors either way.
+        """
+        values = dict(params or {})
+        held = self._held
+        with translate_integrity_errors():
+            if held is not None and not is_autocommit(held):
+                result = await held.execute(query.statement, values)
+                return [dict(row) for row in result.mappings()] if result.returns_rows else []
+            compiled = query.compiled(self._db.engine.dialect)
+            arguments = compiled.arguments(values)
+            for listener in self._db.direct_statement_listeners:
+                listener(compiled.sql, tuple(arguments))
+            async with self._driver() as driver:
+                records = await driver.fetch(compiled.sql, *arguments)
+            return compiled.rows(records)
 
     async def _fast_one(
         self, query: FastQuery, params: Mapping[str, Any] | None = None
     ) -> dict[str, Any] | None:
-        """The first row of a prebuilt read, or None."""
-        compiled = query.compiled(self._db.engine.dialect)
-        arguments = compiled.arguments(params or {})
-        for listener in self._db.direct_statement_listeners:
-            listener(compiled.sql, tuple(arguments))
-        async with self._driver() as driver:
-            record = await driver.fetchrow(compiled.sql, *arguments)
-        return None if record is None else compiled.rows([record])[0]
+        """The first row of a prebuilt statement, or None."""
+        rows = await self._fast_all(query, params)
+        return rows[0] if rows else None
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[AsyncConnection]:

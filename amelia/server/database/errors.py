@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import asyncpg
 from sqlalchemy.exc import DBAPIError
 
 from amelia.server.database.schema import ACTIVE_WORKTREE_INDEX, SINGLE_ACTIVE_PROFILE_INDEX
@@ -64,7 +65,7 @@ def sqlstate_of(exc: BaseException) -> str | None:
 def constraint_of(exc: BaseException) -> str | None:
     """The violated constraint's name as reported by the server, if any."""
     orig = getattr(exc, "orig", None)
-    for candidate in (getattr(orig, "__cause__", None), orig):
+    for candidate in (getattr(orig, "__cause__", None), orig, exc):
         name = getattr(candidate, "constraint_name", None)
         if name is None:
             diag = getattr(candidate, "diag", None)
@@ -74,7 +75,7 @@ def constraint_of(exc: BaseException) -> str | None:
     return None
 
 
-def domain_error(exc: DBAPIError) -> Exception | None:
+def domain_error(exc: DBAPIError | asyncpg.PostgresError) -> Exception | None:
     """The domain error for an integrity failure, or None if `exc` is not one."""
     code = sqlstate_of(exc)
     name = constraint_of(exc)
@@ -98,7 +99,8 @@ def translate_integrity_errors() -> Iterator[None]:
     """Re-raise integrity failures inside the block as `DataIntegrityError` subclasses."""
     try:
         yield
-    except DBAPIError as exc:
+    except (DBAPIError, asyncpg.PostgresError) as exc:
+        # asyncpg's own errors reach here from the fast path (amelia/.../fast_query.py).
         mapped = domain_error(exc)
         if mapped is None:
             raise

@@ -256,6 +256,8 @@ _RECENT_EVENTS = (
     .limit(bindparam("limit"))
 )
 _FAST_RECENT_EVENTS = FastQuery(_RECENT_EVENTS)
+_FAST_INSERT_GIVEN = FastQuery(_INSERT_GIVEN)
+_FAST_INSERT_ALLOCATED = FastQuery(_INSERT_ALLOCATED)
 
 
 def _row_to_event(row: Mapping[Any, Any]) -> WorkflowEvent:
@@ -320,7 +322,15 @@ class EventLogMixin(RepositoryBase):
             "ev_data": encode_event_data(event),
             "ev_is_error": event.is_error,
         }
-        statement = _INSERT_GIVEN if event.sequence > 0 else _INSERT_ALLOCATED
+        given = event.sequence > 0
+        # The common case, one round trip on the fast path; the rest only when it inserted
+        # nothing (already stored, unknown workflow, or a taken number).
+        first = await self._fast_one(
+            _FAST_INSERT_GIVEN if given else _FAST_INSERT_ALLOCATED, params
+        )
+        if first is not None:
+            return _as_stored(event, _row_to_event(first))
+        statement = _INSERT_GIVEN if given else _INSERT_ALLOCATED
         async with self._connect() as conn:
             for _attempt in range(_SAVE_ATTEMPTS):
                 stored = await _insert(conn, statement, params)

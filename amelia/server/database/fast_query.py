@@ -7,8 +7,10 @@ dialect, and hand the SQL and the processed parameters to asyncpg, which keeps i
 Bind and result processing still go through the column types (aware UTC timestamps, JSONB),
 so rows come back exactly as through `conn.execute()`.
 
-Only for plain reads: no FOR UPDATE, no "expanding" IN parameters (use `= ANY(array)`), no
-writes (integrity errors are translated on the SQLAlchemy path).
+Also for single-statement writes whose parameters are all bindparams (INSERT/UPDATE ...
+RETURNING): asyncpg's integrity errors are translated like SQLAlchemy's. Not for "expanding"
+IN parameters (use `= ANY(array)`). Inside a caller's transaction the repository runs the
+same statement through SQLAlchemy instead (see `RepositoryBase._fast_all`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 
 from sqlalchemy import Float, Numeric
 from sqlalchemy.engine import Dialect
-from sqlalchemy.sql import Select
+from sqlalchemy.sql import Executable
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.types import TypeEngine
 
@@ -76,7 +78,7 @@ def _result_processor(type_: TypeEngine[Any], dialect: Dialect) -> Processor:
 class FastQuery:
     """A SELECT to run on the raw asyncpg connection; build it once, at import time."""
 
-    def __init__(self, statement: Select[Any]) -> None:
+    def __init__(self, statement: Executable) -> None:
         self.statement = statement
         self._cache: dict[int, _Compiled] = {}
 
@@ -84,7 +86,7 @@ class FastQuery:
         found = self._cache.get(id(dialect))
         if found is not None:
             return found
-        compiled = self.statement.compile(dialect=dialect)
+        compiled = self.statement.compile(dialect=dialect)  # type: ignore[attr-defined]
         assert isinstance(compiled, SQLCompiler)
         if any(bind.expanding for bind in compiled.binds.values()):
             raise ValueError("FastQuery cannot run expanding IN parameters; use = ANY(array)")

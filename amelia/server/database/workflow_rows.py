@@ -121,8 +121,12 @@ _GET_HOLDER = (
     .limit(1)
 )
 _INSERT = insert(workflows)
-# Hot reads: compiled once, run on the asyncpg connection (see fast_query.py).
+# Hot statements: compiled once, run on the asyncpg connection (see fast_query.py).
 _FAST_GET = FastQuery(_GET)
+_FAST_INSERT = FastQuery(
+    insert(workflows).values({c.name: bindparam(c.name, type_=c.type) for c in _COLUMNS})
+)
+_FAST_SET_STATUS = {target: FastQuery(statement) for target, statement in _SET_STATUS.items()}
 _FAST_GET_HOLDER = FastQuery(_GET_HOLDER)
 
 
@@ -229,11 +233,11 @@ class WorkflowRowsMixin(RepositoryBase):
             worktree_path=state.worktree_path,
             created_at=state.created_at,
         )
-        async with self._connect() as conn:
-            try:
-                with _statement_errors():
-                    await conn.execute(_INSERT, values)
-            except ActiveWorktreeConflict as exc:
+        try:
+            with _statement_errors():
+                await self._fast_all(_FAST_INSERT, values)
+        except ActiveWorktreeConflict as exc:
+            async with self._connect() as conn:
                 raise await self._conflict(conn, state.id, state.worktree_path) from exc
 
     async def get(self, workflow_id: WorkflowId) -> ServerExecutionState | None:
@@ -314,18 +318,27 @@ class WorkflowRowsMixin(RepositoryBase):
         target = WorkflowStatus(new_status)
         statement = _SET_STATUS[target]
         params = {"workflow_id": wid, "failure_reason": failure_reason}
+        # The happy path: one guarded UPDATE on the fast path.
+        try:
+            if await self._fast_one(_FAST_SET_STATUS[target], params) is not None:
+                return
+        except ActiveWorktreeConflict as exc:
+            async with self._connect() as conn:
+                raise await self._conflict(conn, wid) from exc
         async with self._connect() as conn:
             current: WorkflowStatus | None = None
-            # The status read after a miss may already allow the change (someone moved the
-            # row in between, e.g. resumed it): try the guarded write again, a bounded number
-            # of times.
+            # Missed: read the status to say why. It may by now allow the change (someone
+            # moved the row in between, e.g. resumed it): then try the guarded write again, a
+            # bounded number of times.
             for _attempt in range(3):
-                if await self._guarded_write(conn, wid, statement, params) is not None:
-                    return
                 found = await conn.scalar(_GET_STATUS, {"workflow_id": wid})
                 if found is None:
                     raise WorkflowNotFoundError(wid)
                 current = WorkflowStatus(found)
+                if current in _ALLOWED_SOURCES[target]:
+                    if await self._guarded_write(conn, wid, statement, params) is not None:
+                        return
+                    continue
                 if current in _ABSORBING:
                     if failure_reason is not None:
                         # The reason text may hold user data: say that one was dropped, not what.
@@ -338,8 +351,7 @@ class WorkflowRowsMixin(RepositoryBase):
                     else:
                         logger.debug("workflow %s is already %s; %s absorbed", wid, current, target)
                     return
-                if current not in _ALLOWED_SOURCES[target]:
-                    break
+                break
             raise InvalidStateTransitionError(current or target, target)
 
     async def transition(

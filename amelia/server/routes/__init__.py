@@ -20,3 +20,7 @@ def register_routes(app: FastAPI) -> None:
 
     for module in (health, workflows, usage, settings, config, prompts, brainstorm, websocket):
         app.include_router(module.router)
+    # Parts with a life of their own. Order matters: hooks stop in reverse, so brainstorm
+    # (a producer) stops before the WebSocket manager closes the sockets.
+    websocket.install(app)
+    brainstorm.install(app)
