@@ -53,6 +53,11 @@ def main(argv: list[str] | None = None) -> int:
         with bench_database() as url:
             print("timing checkpoint writes and reads ...", flush=True)
             save_section("checkpoints", asyncio.run(checkpoints.run(url)))
+        from bench import checkpoint_growth
+
+        with bench_database() as url, tempfile.TemporaryDirectory() as scratch:
+            print("measuring checkpoint growth ...", flush=True)
+            save_section("checkpoint_growth", asyncio.run(checkpoint_growth.run(url, scratch)))
     save_section("machine", machine_facts(facts_version))
     report.write()
     print(report.render())

@@ -71,6 +71,10 @@ def render() -> str:
         from bench import checkpoints
 
         lines += checkpoints.render(results["checkpoints"])
+    if "checkpoint_growth" in results:
+        from bench import checkpoint_growth
+
+        lines += checkpoint_growth.render(results["checkpoint_growth"])
     if "api" in results:
         from bench import api
 

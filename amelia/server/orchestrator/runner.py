@@ -27,7 +27,8 @@ from amelia.server.orchestrator.emitter import EventEmitter
 
 logger = logging.getLogger(__name__)
 
-RECURSION_LIMIT = 100
+# Loops are bounded by review passes and tasks; this only catches a runaway graph.
+RECURSION_LIMIT = 500
 _SUMMARY_KEYS = ("goal", "total_tasks", "current_task_index", "review_iteration", "outcome")
 
 
