@@ -6,6 +6,7 @@ import logging
 import uuid
 from typing import Any
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
@@ -17,6 +18,7 @@ from amelia.server.database.errors import (
     ConstraintViolationError,
     DuplicateKeyError,
     ReferenceNotFoundError,
+    sqlstate_of,
 )
 from amelia.server.exceptions import (
     ConcurrencyLimitError,
@@ -28,6 +30,9 @@ from amelia.server.exceptions import (
 )
 
 logger = logging.getLogger(__name__)
+
+# SQLSTATE class 22, "data exception": the value itself cannot be stored.
+DATA_EXCEPTION_CLASS = "22"
 
 
 def _jsonable(value: Any) -> Any:
@@ -132,12 +137,32 @@ def configure_exception_handlers(app: FastAPI) -> None:
     for kind in (DatabaseConnectionError, OperationalError, InterfaceError, PoolTimeoutError):
         app.add_exception_handler(kind, unavailable)
 
-    @app.exception_handler(DBAPIError)
-    async def dbapi(request: Request, exc: DBAPIError) -> JSONResponse:
-        if exc.connection_invalidated:
+    for kind in (
+        asyncpg.exceptions.PostgresConnectionError,
+        asyncpg.exceptions.InterfaceError,
+        asyncpg.exceptions.CannotConnectNowError,
+    ):
+        app.add_exception_handler(kind, unavailable)
+
+    async def database_error(request: Request, exc: Exception) -> JSONResponse:
+        code = sqlstate_of(exc)
+        if code is not None and code.startswith(DATA_EXCEPTION_CLASS):
+            # A value PostgreSQL cannot store (NUL in text, out-of-range number, ...): the
+            # request is at fault, and nothing was written.
+            return envelope(
+                422,
+                "A value in the request cannot be stored (for example text containing a NUL "
+                "character, or a number out of range)",
+                "INVALID_DATA",
+                {"sqlstate": code},
+            )
+        if isinstance(exc, DBAPIError) and exc.connection_invalidated:
             return await unavailable(request, exc)
         logger.exception("database error on %s %s", request.method, request.url.path)
         return envelope(500, "Internal server error", "INTERNAL_ERROR")
+
+    app.add_exception_handler(DBAPIError, database_error)
+    app.add_exception_handler(asyncpg.PostgresError, database_error)
 
     @app.exception_handler(Exception)
     async def internal(request: Request, exc: Exception) -> JSONResponse:

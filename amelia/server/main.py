@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from amelia import __version__
@@ -27,6 +27,7 @@ from amelia.server.database.seed import seed_defaults
 from amelia.server.database_target import DatabaseTarget, database_target
 from amelia.server.error_handlers import configure_exception_handlers
 from amelia.server.events.bus import EventBus
+from amelia.server.input_guard import refuse_nul_characters
 from amelia.server.orchestrator.service import OrchestratorService
 from amelia.server.services import AppServices
 
@@ -141,6 +142,7 @@ def create_app(
         redoc_url="/api/redoc",
         openapi_url="/api/openapi.json",
         lifespan=build_lifespan(config, migrate, first_run),
+        dependencies=[Depends(refuse_nul_characters)],
     )
     app.state.services = None
     app.state.startup_hooks = []
