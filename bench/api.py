@@ -3,6 +3,8 @@
 - Closed loop: 50 concurrent clients, each sending its next request when the last answers.
 - Open loop (fixed offered rate, so a slow server cannot slow the load down): requests are
   scheduled at exact instants and latency is measured from the scheduled instant.
+Load comes from `bench/loadgen.py` (raw asyncio HTTP/1.1), not httpx, whose pool is too
+slow to load a server with thousands of requests in flight.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 import httpx
 
 from bench.common import summarise, timing_dict
+from bench.loadgen import run_load
 from tests.e2e.serve_process import ServeProcess
 
 CLIENTS = 50
@@ -25,52 +28,20 @@ OPEN_SECONDS = 30.0
 
 
 async def _closed_loop(url: str, path: str, seconds: float) -> dict[str, Any]:
-    samples: list[int] = []
-    errors = 0
-    limits = httpx.Limits(max_connections=CLIENTS, max_keepalive_connections=CLIENTS)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
-        deadline = time.monotonic() + seconds
-
-        async def worker() -> None:
-            nonlocal errors
-            while time.monotonic() < deadline:
-                started = time.perf_counter_ns()
-                response = await client.get(path)
-                samples.append(time.perf_counter_ns() - started)
-                if response.status_code != 200:
-                    errors += 1
-
-        await asyncio.gather(*(worker() for _ in range(CLIENTS)))
-    timing = summarise(path, samples)
-    return {**timing_dict(timing), "errors": errors, "throughput_rps": len(samples) / seconds}
+    result = await run_load(url, path, rate=None, seconds=seconds, connections=CLIENTS)
+    timing = summarise(path, result.latencies_ns)
+    return {
+        **timing_dict(timing),
+        "errors": result.errors,
+        "throughput_rps": len(result.latencies_ns) / seconds,
+    }
 
 
 async def _open_loop(url: str, path: str, rate: float, seconds: float) -> dict[str, Any]:
-    samples: list[int] = []
-    errors = 0
-    limits = httpx.Limits(max_connections=400, max_keepalive_connections=100)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
-        start = time.perf_counter_ns()
-        interval = int(1e9 / rate)
-        total = int(rate * seconds)
-
-        async def one(scheduled: int) -> None:
-            nonlocal errors
-            response = await client.get(path)
-            samples.append(time.perf_counter_ns() - scheduled)
-            if response.status_code != 200:
-                errors += 1
-
-        tasks = []
-        for i in range(total):
-            scheduled = start + i * interval
-            delay = (scheduled - time.perf_counter_ns()) / 1e9
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(scheduled)))
-        await asyncio.gather(*tasks)
-    timing = summarise(f"{path} @ {rate}/s", samples)
-    return {**timing_dict(timing), "errors": errors, "rate": rate}
+    # Enough connections that a connection is free whenever a request falls due.
+    result = await run_load(url, path, rate=rate, seconds=seconds, connections=64)
+    timing = summarise(f"{path} @ {rate}/s", result.latencies_ns)
+    return {**timing_dict(timing), "errors": result.errors, "rate": rate}
 
 
 async def _highest_rate(url: str, path: str) -> dict[str, Any]:
