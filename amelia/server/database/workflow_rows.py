@@ -120,7 +120,6 @@ _GET_HOLDER = (
     .where(workflows.c.worktree_path == bindparam("worktree_path"), _HOLDS_WORKTREE_LITERAL)
     .limit(1)
 )
-_INSERT = insert(workflows)
 # Hot statements: compiled once, run on the asyncpg connection (see fast_query.py).
 _FAST_GET = FastQuery(_GET)
 _FAST_INSERT = FastQuery(

@@ -18,7 +18,7 @@ from typing import Any
 
 from amelia.agents.prompts.resolver import PromptResolver
 from amelia.core.types import Issue, Profile, TrackerType
-from amelia.pipelines.parsing import parse_plan
+from amelia.pipelines.parsing import ParsedPlan, parse_plan
 from amelia.pipelines.state import DEFAULT_MAX_REVIEW_PASSES
 from amelia.server.database.connection import Database
 from amelia.server.database.profile_repository import ProfileRepository
@@ -335,15 +335,7 @@ class OrchestratorService:
         if plan_file or plan_content:
             if plan_file and plan_content:
                 raise ValueError("give plan_file or plan_content, not both")
-            text = plan_content if plan_content else read_inside_worktree(worktree, str(plan_file))
-            parsed = parse_plan(text)
-            plan_cache = PlanCache(
-                goal=parsed.goal,
-                plan_markdown=parsed.markdown,
-                plan_path=str(plan_file) if plan_file else None,
-                total_tasks=parsed.total_tasks,
-                current_task_index=0,
-            )
+            plan_cache, _ = external_plan(worktree, plan_file, plan_content)
         workflow_id = uuid.uuid4()
         await self._repository.create(
             ServerExecutionState(
@@ -545,22 +537,8 @@ class OrchestratorService:
         existing = row.plan_cache
         if existing and (existing.plan_markdown or existing.plan_path) and not force:
             raise WorkflowConflictError("The workflow already has a plan; use force to replace it")
-        text = (
-            plan_content
-            if plan_content
-            else read_inside_worktree(row.worktree_path, str(plan_file))
-        )
-        parsed = parse_plan(text)
-        await self._repository.update_plan_cache(
-            workflow_id,
-            PlanCache(
-                goal=parsed.goal,
-                plan_markdown=parsed.markdown,
-                plan_path=str(plan_file) if plan_file else None,
-                total_tasks=parsed.total_tasks,
-                current_task_index=0,
-            ),
-        )
+        plan_cache, parsed = external_plan(row.worktree_path, plan_file, plan_content)
+        await self._repository.update_plan_cache(workflow_id, plan_cache)
         await self._emitter.emit(
             workflow_id,
             EventType.AGENT_MESSAGE,
@@ -632,6 +610,22 @@ class OrchestratorService:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=timeout)
+
+
+def external_plan(
+    worktree: str, plan_file: str | None, plan_content: str | None
+) -> tuple[PlanCache, ParsedPlan]:
+    """A user-given plan (a file inside the worktree, or text), parsed strictly, as a cache."""
+    text = plan_content if plan_content else read_inside_worktree(worktree, str(plan_file))
+    parsed = parse_plan(text)
+    cache = PlanCache(
+        goal=parsed.goal,
+        plan_markdown=parsed.markdown,
+        plan_path=str(plan_file) if plan_file else None,
+        total_tasks=parsed.total_tasks,
+        current_task_index=0,
+    )
+    return cache, parsed
 
 
 def is_transient(exc: BaseException) -> bool:
