@@ -24,3 +24,7 @@ def register_routes(app: FastAPI) -> None:
     # (a producer) stops before the WebSocket manager closes the sockets.
     websocket.install(app)
     brainstorm.install(app)
+    # The browser dashboard at `/` (static files; after the API so nothing shadows it).
+    from amelia.server import dashboard
+
+    dashboard.install(app)
