@@ -72,12 +72,6 @@ def _graph(saver: AsyncPostgresSaver) -> Any:
 
 
 @pytest.fixture
-async def checkpoint_url(database_url: str) -> str:
-    await setup_checkpoint_tables(database_url)
-    return database_url
-
-
-@pytest.fixture
 async def store(checkpoint_url: str) -> AsyncIterator[CheckpointStore]:
     async with CheckpointStore(
         checkpoint_url, min_size=1, max_size=8, application_name=APP
@@ -408,6 +402,36 @@ async def test_connections_carry_the_configured_options(checkpoint_url: str) -> 
             assert await _scalar(conn, "SHOW statement_timeout") == "1234ms"
             assert await _scalar(conn, "SHOW application_name") == "amelia-t-checkpoints"
         assert store.pool.max_size == 3
+
+
+async def test_large_values_are_compressed_with_lz4_when_the_server_has_it(
+    checkpoint_url: str, observer: AsyncConnection[DictRow]
+) -> None:
+    methods = await _scalar(
+        observer, "SELECT enumvals FROM pg_settings WHERE name = 'default_toast_compression'"
+    )
+    server_default = await _scalar(observer, "SHOW default_toast_compression")
+    expected = "lz4" if "lz4" in methods else server_default
+    # Compressible and big enough to be compressed (over ~2 KB).
+    values = {"plan": ["write the tests first"] * 400, "n": 1}
+    for method, wanted in (("lz4", expected), (None, server_default)):
+        async with CheckpointStore(checkpoint_url, toast_compression=method) as store:
+            async with store.pool.connection() as conn:
+                assert await _scalar(conn, "SHOW default_toast_compression") == wanted
+            thread_id = str(uuid.uuid4())
+            await _put(store.saver, thread_id, values)
+        stored = await _scalar(
+            observer,
+            "SELECT pg_column_compression(blob) FROM checkpoint_blobs "
+            "WHERE thread_id = %s AND channel = 'plan'",
+            thread_id,
+        )
+        assert stored == wanted
+        # Whatever wrote it, the stock saver reads it back.
+        async with AsyncPostgresSaver.from_conn_string(checkpoint_url) as stock:
+            found = await stock.aget_tuple(thread_config(thread_id))
+        assert found is not None
+        assert found.checkpoint["channel_values"] == values
 
 
 async def test_open_failure_names_the_target_without_the_password(pg_admin_url: str) -> None:
