@@ -74,3 +74,18 @@ class FileOperationError(Exception):
         self.code = code
         self.status_code = status_code
         super().__init__(message)
+
+
+class FencedOutError(Exception):
+    """A write of a workflow run was refused: this process no longer owns the run.
+
+    Another process took the run over (its lease expired) or the workflow was cancelled, so
+    the run's fencing token is stale; the run must stop without writing anything more.
+    """
+
+    def __init__(self, workflow_id: uuid.UUID | str, fence: int) -> None:
+        self.workflow_id = workflow_id
+        self.fence = fence
+        super().__init__(
+            f"Workflow {workflow_id}: this process no longer owns the run (fence {fence} is stale)"
+        )

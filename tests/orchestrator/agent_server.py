@@ -9,12 +9,16 @@ hold the developer's answer (to kill a server mid-step) and script reviewer verd
 from __future__ import annotations
 
 import json
+import re
 import threading
+import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 ROLES = ("architect", "developer", "reviewer", "evaluator", "brainstormer")
+# A test may put a marker like "RUN-1234" in a task or diff to count calls per workflow.
+MARKER = re.compile(r"RUN-[0-9a-f]+")
 
 
 def plan_markdown(tasks: int) -> str:
@@ -45,6 +49,14 @@ class AgentServer:
         self.hold_developer = threading.Event()  # set = answer; clear = hold
         self.hold_developer.set()
         self.fail_next: dict[str, int] = {}  # role -> HTTP status to answer once
+        # Reviewer calls wait while this is clear (a test stalls or kills a server mid-review).
+        self.hold_reviewer = threading.Event()
+        self.hold_reviewer.set()
+        self.reviewer_calls_waiting = 0
+        self.delay_seconds = 0.0  # added to every answer, so runs overlap
+        self.in_flight = 0
+        self.max_in_flight = 0  # the most calls answered at the same moment
+        self.marker_calls: Counter[tuple[str, str]] = Counter()  # (role, marker) -> calls
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self._server.daemon_threads = True
@@ -65,10 +77,29 @@ class AgentServer:
 
     def stop(self) -> None:
         self.hold_developer.set()
+        self.hold_reviewer.set()
         self._server.shutdown()
         self._server.server_close()
 
     def answer(self, role: str, body: dict[str, Any]) -> tuple[int, str]:
+        with self._lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            for marker in set(MARKER.findall(json.dumps(body.get("messages", [])))):
+                self.marker_calls[(role, marker)] += 1
+        try:
+            if self.delay_seconds:
+                time.sleep(self.delay_seconds)
+            if role == "reviewer" and not self.hold_reviewer.is_set():
+                with self._lock:
+                    self.reviewer_calls_waiting += 1
+                self.hold_reviewer.wait(timeout=120)
+            return self._answer(role, body)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+    def _answer(self, role: str, body: dict[str, Any]) -> tuple[int, str]:
         with self._lock:
             self.calls[role] += 1
             status = self.fail_next.pop(role, None)

@@ -4,7 +4,8 @@ Usage: python -m tests.orchestrator.worker DATABASE_URL WORKTREE_A WORKTREE_B
 
 Starts workflow A and approves its plan (so it runs on into the developer step), starts
 workflow B and leaves it blocked for approval, prints {"a": id, "b": id} on one line, then
-keeps running until the test kills it.
+keeps running (renewing its leases of LEASE_SECONDS, as a server does) until the test
+kills it.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+
+LEASE_SECONDS = 3.0
 
 from amelia.server.checkpoint import CheckpointStore
 from amelia.server.database import Database
@@ -26,14 +29,16 @@ async def main(url: str, worktree_a: str, worktree_b: str) -> None:
     await db.connect()
     store = CheckpointStore(url, min_size=1, max_size=4)
     saver = await store.open()
-    service = OrchestratorService(db, saver, EventBus())
+    service = OrchestratorService(db, saver, EventBus(), lease_seconds=LEASE_SECONDS)
     a = await service.start_workflow("KILL-A", worktree_a)
     await wait_for_status(service.repository, a, WorkflowStatus.BLOCKED)
     b = await service.start_workflow("KILL-B", worktree_b)
     await wait_for_status(service.repository, b, WorkflowStatus.BLOCKED)
     await service.approve_workflow(a)
     print(json.dumps({"a": str(a), "b": str(b)}), flush=True)
-    await asyncio.Event().wait()  # until SIGKILL
+    while True:  # until SIGKILL
+        await asyncio.sleep(LEASE_SECONDS / 6)
+        await service.renew_leases()
 
 
 if __name__ == "__main__":

@@ -3,15 +3,19 @@
 State lives in the database, not in this process: each operation checks and changes a
 workflow's status in one compare-and-set statement (losing a race gives `InvalidStateError`),
 worktree exclusivity is the partial unique index, and `max_concurrent` is read from the
-settings table on every start. The process only tracks the asyncio tasks it runs.
+settings table on every start. Several processes may share the database: a run executes in
+the process that claimed it (database/run_leases.py), under a `RunToken` whose fence guards
+its writes; any process accepts commands, and the owner acts on a cancel. This process only
+tracks the asyncio tasks of the runs it owns.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
-from collections.abc import Collection, Coroutine
+from collections.abc import Collection
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,14 +24,17 @@ from amelia.agents.prompts.resolver import PromptResolver
 from amelia.core.types import Issue, Profile, TrackerType
 from amelia.pipelines.parsing import ParsedPlan, parse_plan
 from amelia.pipelines.state import DEFAULT_MAX_REVIEW_PASSES
+from amelia.server.cluster.fencing import RunToken, running
 from amelia.server.database.connection import Database
 from amelia.server.database.profile_repository import ProfileRepository
 from amelia.server.database.prompt_repository import PromptRepository
 from amelia.server.database.repository import WorkflowRepository
+from amelia.server.database.run_leases import RunLeaseRepository, RunSignals
 from amelia.server.database.settings_repository import SettingsRepository
 from amelia.server.events.bus import EventBus
 from amelia.server.exceptions import (
     ConcurrencyLimitError,
+    FencedOutError,
     InvalidStateError,
     InvalidWorktreeError,
     WorkflowConflictError,
@@ -51,7 +58,10 @@ from amelia.server.orchestrator.worktree import (
 logger = logging.getLogger(__name__)
 
 S = WorkflowStatus
-RESTART_REASON = "Server restarted while workflow was running"
+TAKEOVER_REASON = (
+    "The servers running this workflow stopped {count} times while running it; "
+    "resume it to try again"
+)
 REVIEW_ISSUE_ID = "LOCAL-REVIEW"
 
 
@@ -65,6 +75,10 @@ class OrchestratorService:
         bus: EventBus,
         *,
         runner: GraphRunner | None = None,
+        process_id: uuid.UUID | None = None,
+        lease_seconds: float = 30.0,
+        max_takeovers: int = 3,
+        relayed: bool = False,
     ) -> None:
         self._db = db
         self._saver = saver
@@ -73,10 +87,24 @@ class OrchestratorService:
         self._settings = SettingsRepository(db)
         self._profiles = ProfileRepository(db)
         self._resolver = PromptResolver(PromptRepository(db))
-        self._emitter = EventEmitter(self._repository, bus)
+        self._leases = RunLeaseRepository(db)
+        self._signals = RunSignals(db)
+        self._emitter = EventEmitter(self._repository, bus, relayed=relayed)
         self._runner = runner or GraphRunner(saver, self._emitter)
-        self._tasks: dict[uuid.UUID, asyncio.Task[None]] = {}
-        self._planning: dict[uuid.UUID, asyncio.Task[None]] = {}
+        self.process_id = process_id or uuid.uuid4()
+        self.lease_seconds = lease_seconds
+        self.max_takeovers = max_takeovers
+        # The runs this process owns: {workflow id: (its token, the task driving it)}.
+        self._tasks: dict[uuid.UUID, tuple[RunToken, asyncio.Task[None]]] = {}
+        # Runs claimed by a command (approve, replan) that prepares them before they start:
+        # owned by this process already, so lease renewal must keep them.
+        self._preparing: dict[uuid.UUID, RunToken] = {}
+        self._releases: set[asyncio.Task[None]] = set()
+        # Set when a run of this process ends: a slot may be free for the claimer.
+        self.run_ended = asyncio.Event()
+        self.refused_writes = 0
+        # False once shutdown began: no new claims, so released runs go to other processes.
+        self.accepting = True
         # Serialises "count running, then create" within this process.
         self._start_lock = asyncio.Lock()
 
@@ -129,20 +157,99 @@ class OrchestratorService:
             )
         return Issue(id=issue_id, title=task_title or issue_id, description=task_description or "")
 
-    def _track(
-        self,
-        registry: dict[uuid.UUID, asyncio.Task[None]],
-        workflow_id: uuid.UUID,
-        coro: Coroutine[Any, Any, None],
-    ) -> None:
-        task = asyncio.create_task(coro, name=f"workflow-{workflow_id}")
-        registry[workflow_id] = task
+    def _run(self, token: RunToken) -> None:
+        """Drive a claimed run in a task of this process."""
+        workflow_id = token.workflow_id
+        self._preparing.pop(workflow_id, None)
+        previous = self._tasks.get(workflow_id)
+        if previous is not None:  # a stale run of ours (fenced out anyway): stop it
+            previous[1].cancel()
+        task = asyncio.create_task(self._execute(token), name=f"workflow-{workflow_id}")
+        self._tasks[workflow_id] = (token, task)
 
         def forget(done: asyncio.Task[None]) -> None:
-            if registry.get(workflow_id) is done:
-                del registry[workflow_id]
+            entry = self._tasks.get(workflow_id)
+            if entry is not None and entry[1] is done:
+                del self._tasks[workflow_id]
+            self.run_ended.set()
+            # A run that stopped without its final write (cancelled, crashed) still holds
+            # the row: give it up so another process need not wait for the lease to expire.
+            release = asyncio.create_task(self._release_quietly(token))
+            self._releases.add(release)
+            release.add_done_callback(self._releases.discard)
 
         task.add_done_callback(forget)
+
+    async def _release_quietly(self, token: RunToken) -> None:
+        try:
+            if await self._leases.release(self.process_id, token):
+                await self._signals.announce_work()
+        except Exception as exc:  # the lease expires by itself
+            logger.info("could not release the run of %s: %s", token.workflow_id, exc)
+
+    async def _max_concurrent(self) -> int:
+        return (await self._settings.get_server_settings()).max_concurrent
+
+    async def _claim_here(self, workflow_id: uuid.UUID) -> bool:
+        """Claim a workflow that wants to run and run it here, when a slot is free.
+
+        Otherwise it waits for a slot (any process's claimer takes it then).
+        """
+        token = None
+        if self.accepting:
+            token = await self._leases.claim(
+                workflow_id, self.process_id, self.lease_seconds, await self._max_concurrent()
+            )
+        if token is None:
+            await self._signals.announce_work()
+            return False
+        self._run(token)
+        return True
+
+    async def claim_runnable(self, limit: int = 8) -> list[RunToken]:
+        """Claim up to `limit` runs that want a process (new, queued-then-started, or left
+        by a process whose lease expired) within `max_concurrent`, and run them here."""
+        if not self.accepting:
+            return []
+        tokens = await self._leases.claim_runnable(
+            self.process_id, self.lease_seconds, await self._max_concurrent(), limit
+        )
+        for token in tokens:
+            self._run(token)
+        return tokens
+
+    async def renew_leases(self) -> None:
+        """Extend the leases of this process's runs; stop the runs it no longer owns."""
+        # Judge only the runs that existed before the renewal was sent: a run claimed while
+        # it was on its way is not in its answer, and must not look lost.
+        running = {wid: token for wid, (token, task) in self._tasks.items() if not task.done()}
+        renewed = await self._leases.renew(
+            self.process_id, self.lease_seconds, [*running, *self._preparing]
+        )
+        for workflow_id, token in running.items():
+            entry = self._tasks.get(workflow_id)
+            if renewed.get(workflow_id) == token.fence or entry is None or entry[0] is not token:
+                continue
+            # Taken over, cancelled, or just finished (its final write gave the row up).
+            logger.info(
+                "workflow %s: this process no longer owns the run; stopping it", workflow_id
+            )
+            entry[1].cancel()
+
+    def stop_local_run(self, workflow_id: uuid.UUID) -> bool:
+        """Cancel this process's task of a run (a cancel command from any process)."""
+        entry = self._tasks.get(workflow_id)
+        if entry is None or entry[1].done():
+            return False
+        entry[1].cancel()
+        return True
+
+    async def release_runs(self) -> list[uuid.UUID]:
+        """Give up every run of this process (clean shutdown): others take them at once."""
+        released = await self._leases.release_all(self.process_id)
+        if released:
+            await self._signals.announce_work()
+        return released
 
     async def _runtime(self, row: ServerExecutionState) -> WorkflowAgentRuntime:
         profile = await self._profile(row.profile_id)
@@ -162,13 +269,31 @@ class OrchestratorService:
 
     # --------------------------------------------------------- running graphs
 
-    async def _execute(self, workflow_id: uuid.UUID, *, planning: bool = False) -> None:
+    async def _execute(self, token: RunToken) -> None:
+        """Run a claimed workflow under its token; a fenced-out run just stops."""
+        with running(token):
+            try:
+                if token.takeovers > self.max_takeovers:
+                    reason = TAKEOVER_REASON.format(count=token.takeovers)
+                    await self._fail(token.workflow_id, reason, fence=token.fence)
+                    return
+                await self._execute_run(token.workflow_id, token.fence, planning=token.planning)
+            except FencedOutError as exc:
+                self.refused_writes += 1
+                logger.warning("%s; the run stops here", exc)
+            finally:
+                with contextlib.suppress(Exception):
+                    await self._signals.announce_work()
+
+    async def _execute_run(self, workflow_id: uuid.UUID, fence: int, *, planning: bool) -> None:
         """Run a workflow's graph with retries; record how it ended."""
         try:
             row = await self._get(workflow_id)
             profile = await self._profile(row.profile_id)
         except Exception as exc:
-            await self._fail(workflow_id, f"Cannot run workflow: {exc}", planning=planning)
+            await self._fail(
+                workflow_id, f"Cannot run workflow: {exc}", planning=planning, fence=fence
+            )
             return
         retry = profile.retry
         attempt = 0
@@ -177,7 +302,7 @@ class OrchestratorService:
             try:
                 result = await self._runner.run(row, runtime, self._initial(row))
                 break
-            except asyncio.CancelledError:
+            except (asyncio.CancelledError, FencedOutError):
                 raise
             except Exception as exc:
                 if attempt < retry.max_retries and is_transient(exc):
@@ -188,12 +313,14 @@ class OrchestratorService:
                     )
                     await asyncio.sleep(delay)
                     continue
-                await self._fail(workflow_id, f"{type(exc).__name__}: {exc}", planning=planning)
+                await self._fail(
+                    workflow_id, f"{type(exc).__name__}: {exc}", planning=planning, fence=fence
+                )
                 return
             finally:
                 await runtime.aclose()
         if result.blocked:
-            await self._block(row, result.values, planning=planning)
+            await self._block(row, result.values, planning=planning, fence=fence)
             return
         data = {"outcome": result.outcome}
         await self._emitter.emit(
@@ -205,7 +332,10 @@ class OrchestratorService:
                 EventType.SYSTEM_WARNING,
                 "The reviewer did not approve within the allowed review passes",
             )
-        await self._repository.set_status(workflow_id, S.COMPLETED)
+        # A completion beats a concurrent cancel (the status rule of set_status).
+        await self._repository.transition(
+            workflow_id, (S.IN_PROGRESS, S.CANCELLED), S.COMPLETED, fence=fence
+        )
 
     def _initial(self, row: ServerExecutionState) -> dict[str, Any]:
         if row.workflow_type == WorkflowType.REVIEW:
@@ -219,15 +349,17 @@ class OrchestratorService:
         return initial_implementation_state(row)
 
     async def _block(
-        self, row: ServerExecutionState, values: dict[str, Any], *, planning: bool
+        self, row: ServerExecutionState, values: dict[str, Any], *, planning: bool, fence: int
     ) -> None:
         plan = PlanCache.from_checkpoint_values(values)
         try:
-            await self._repository.update_plan_cache(row.id, plan)
+            await self._repository.update_plan_cache(row.id, plan, fence=fence)
+        except FencedOutError:
+            raise
         except Exception:
             logger.exception("could not store the plan of %s", row.id)
         expected = (S.PENDING,) if planning else (S.IN_PROGRESS,)
-        moved = await self._repository.transition(row.id, expected, S.BLOCKED)
+        moved = await self._repository.transition(row.id, expected, S.BLOCKED, fence=fence)
         if moved is None:
             logger.info("workflow %s changed state while planning; not blocking it", row.id)
             return
@@ -238,15 +370,24 @@ class OrchestratorService:
             data={"goal": plan.goal, "total_tasks": plan.total_tasks},
         )
 
-    async def _fail(self, workflow_id: uuid.UUID, reason: str, *, planning: bool = False) -> None:
+    async def _fail(
+        self,
+        workflow_id: uuid.UUID,
+        reason: str,
+        *,
+        planning: bool = False,
+        fence: int | None = None,
+    ) -> None:
         await self._emitter.emit(
             workflow_id, EventType.WORKFLOW_FAILED, reason, data={"recoverable": not planning}
         )
         expected = (S.PENDING,) if planning else (S.IN_PROGRESS, S.PENDING, S.BLOCKED)
         try:
             await self._repository.transition(
-                workflow_id, expected, S.FAILED, failure_reason=reason
+                workflow_id, expected, S.FAILED, failure_reason=reason, fence=fence
             )
+        except FencedOutError:
+            raise
         except Exception:
             logger.exception("could not mark workflow %s failed", workflow_id)
 
@@ -281,7 +422,7 @@ class OrchestratorService:
         await self._emitter.emit(
             workflow_id, EventType.WORKFLOW_STARTED, "Workflow started", data={"issue_id": issue.id}
         )
-        self._track(self._tasks, workflow_id, self._execute(workflow_id))
+        await self._claim_here(workflow_id)
         return workflow_id
 
     async def start_workflow(
@@ -369,17 +510,32 @@ class OrchestratorService:
         workflow_id = await self.queue_workflow(
             issue_id, worktree_path, profile, task_title, task_description
         )
+        token = await self._leases.claim_transition(
+            workflow_id, self.process_id, self.lease_seconds, (S.PENDING,), S.PENDING
+        )
+        if token is None:  # started or cancelled in the meantime: nothing to plan
+            return workflow_id
+        self._preparing[workflow_id] = token
         await self._emitter.emit(
             workflow_id,
             EventType.STAGE_STARTED,
             "Planning",
             data={"stage": "architect", "planning": True},
         )
-        self._track(self._planning, workflow_id, self._execute(workflow_id, planning=True))
+        self._run(token)
         return workflow_id
 
-    async def start_pending_workflow(self, workflow_id: uuid.UUID) -> None:
-        """Start a queued workflow."""
+    async def start_pending_workflow(
+        self, workflow_id: uuid.UUID, *, check_capacity: bool = True, claim: bool = True
+    ) -> None:
+        """Start a queued workflow: it runs here when a slot is free, else when one frees
+        (on whichever process claims it first).
+
+        Args:
+            check_capacity: refuse with `ConcurrencyLimitError` when `max_concurrent`
+                workflows are already in progress (a batch start queues instead).
+            claim: try to claim it for this process now (a batch leaves it to the claimers).
+        """
         row = await self._get(workflow_id)
         if row.workflow_status != S.PENDING:
             raise InvalidStateError(
@@ -387,10 +543,11 @@ class OrchestratorService:
                 workflow_id,
                 row.workflow_status,
             )
-        if workflow_id in self._planning:
+        if await self._signals.is_planning(workflow_id):
             raise WorkflowConflictError("The architect is still planning this workflow")
         async with self._start_lock:
-            await self._check_capacity()
+            if check_capacity:
+                await self._check_capacity()
             moved = await self._repository.transition(
                 workflow_id, (S.PENDING,), S.IN_PROGRESS, set_started_at=True
             )
@@ -400,7 +557,8 @@ class OrchestratorService:
                 f"Workflow is {current.value}, not pending", workflow_id, current
             )
         await self._emitter.emit(workflow_id, EventType.WORKFLOW_STARTED, "Workflow started")
-        self._track(self._tasks, workflow_id, self._execute(workflow_id))
+        if claim:
+            await self._claim_here(workflow_id)
 
     async def start_batch_workflows(
         self, workflow_ids: list[uuid.UUID] | None = None, worktree_path: str | None = None
@@ -417,12 +575,23 @@ class OrchestratorService:
         errors: dict[uuid.UUID, str] = {}
         for workflow_id in workflow_ids:
             try:
-                await self.start_pending_workflow(workflow_id)
+                # Started means queued to run: claims keep max_concurrent across processes.
+                await self.start_pending_workflow(workflow_id, check_capacity=False, claim=False)
                 started.append(workflow_id)
+                if len(started) % 50 == 1:
+                    self.run_ended.set()  # wake this process's claimer early on
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 errors[workflow_id] = str(exc)
+        if started:
+            # Every process's claimer takes them, within max_concurrent.
+            self.run_ended.set()
+            await self._signals.announce_work()
+            if not self.accepting:
+                return started, errors
+            # Without a supervisor (tests, tools) nothing else would claim them.
+            await self.claim_runnable()
         return started, errors
 
     async def _cas(
@@ -442,16 +611,43 @@ class OrchestratorService:
             )
         return moved
 
+    async def _claim_cas(
+        self,
+        workflow_id: uuid.UUID,
+        expected: Collection[WorkflowStatus],
+        target: WorkflowStatus,
+        action: str,
+    ) -> RunToken:
+        """Compare-and-set the status and claim the run for this process in one statement."""
+        token = await self._leases.claim_transition(
+            workflow_id, self.process_id, self.lease_seconds, expected, target
+        )
+        if token is None:
+            current = (await self._get(workflow_id)).workflow_status
+            wanted = " or ".join(s.value for s in expected)
+            raise InvalidStateError(
+                f"Cannot {action}: workflow is {current.value}, not {wanted}", workflow_id, current
+            )
+        self._preparing[workflow_id] = token
+        return token
+
     async def approve_workflow(self, workflow_id: uuid.UUID) -> None:
-        """Approve a blocked plan; the run continues in a tracked background task."""
-        row = await self._cas(workflow_id, (S.BLOCKED,), S.IN_PROGRESS, "approve")
+        """Approve a blocked plan; the run continues in a tracked task of this process.
+
+        The approving process claims the run together with the status change, so no other
+        process starts it before the approval is in the checkpoint.
+        """
+        token = await self._claim_cas(workflow_id, (S.BLOCKED,), S.IN_PROGRESS, "approve")
         await self._emitter.emit(workflow_id, EventType.APPROVAL_GRANTED, "Plan approved")
+        row = await self._get(workflow_id)
         try:
-            await self._runner.set_approval(row, True)
+            with running(token):
+                await self._runner.set_approval(row, True)
         except Exception as exc:
+            self._preparing.pop(workflow_id, None)
             await self._fail(workflow_id, f"Could not record the approval: {exc}")
             raise
-        self._track(self._tasks, workflow_id, self._execute(workflow_id))
+        self._run(token)
 
     async def reject_workflow(self, workflow_id: uuid.UUID, feedback: str) -> None:
         """Reject a blocked plan: the workflow fails with the feedback as its reason."""
@@ -475,10 +671,13 @@ class OrchestratorService:
             "cancel",
             failure_reason=reason,
         )
-        for registry in (self._tasks, self._planning):
-            task = registry.get(workflow_id)
-            if task is not None:
-                task.cancel()
+        if not self.stop_local_run(workflow_id):
+            # The run may be owned by another process: its owner stops it on this notice
+            # (or, at the latest, when its lease renewal finds the run no longer its own).
+            try:
+                await self._signals.announce_cancel(workflow_id)
+            except Exception:
+                logger.exception("could not notify the owner of %s of the cancel", workflow_id)
         await self._emitter.emit(
             workflow_id, EventType.WORKFLOW_CANCELLED, reason or "Workflow cancelled"
         )
@@ -512,7 +711,7 @@ class OrchestratorService:
         await self._emitter.emit(
             workflow_id, EventType.WORKFLOW_STARTED, "Workflow resumed", data={"resumed": True}
         )
-        self._track(self._tasks, workflow_id, self._execute(workflow_id))
+        await self._claim_here(workflow_id)
         return moved
 
     async def set_workflow_plan(
@@ -532,7 +731,7 @@ class OrchestratorService:
                 workflow_id,
                 row.workflow_status,
             )
-        if workflow_id in self._planning:
+        if await self._signals.is_planning(workflow_id):
             raise WorkflowConflictError("The architect is already planning this workflow")
         existing = row.plan_cache
         if existing and (existing.plan_markdown or existing.plan_path) and not force:
@@ -554,62 +753,62 @@ class OrchestratorService:
     async def replan_workflow(self, workflow_id: uuid.UUID) -> None:
         """Throw away a blocked plan and let the architect plan again."""
         row = await self._get(workflow_id)
-        if workflow_id in self._planning:
-            raise WorkflowConflictError("The architect is already planning this workflow")
         if row.profile_id is None:
             raise InvalidStateError(
                 "Cannot replan: the workflow has no profile", workflow_id, row.workflow_status
             )
         await self._profile(row.profile_id)  # a missing profile is a ValueError; status untouched
-        await self._cas(workflow_id, (S.BLOCKED,), S.PENDING, "replan")
+        # Claimed with the status change: nobody plans it before the old plan is gone.
+        token = await self._claim_cas(workflow_id, (S.BLOCKED,), S.PENDING, "replan")
         try:
-            await self._saver.adelete_thread(str(workflow_id))
-        except Exception:
-            logger.exception("could not delete the checkpoint of %s before replanning", workflow_id)
-        await self._repository.update_plan_cache(workflow_id, PlanCache())
-        await self._emitter.emit(
-            workflow_id,
-            EventType.STAGE_STARTED,
-            "Replanning",
-            data={"stage": "architect", "replan": True},
-        )
-        self._track(self._planning, workflow_id, self._execute(workflow_id, planning=True))
+            try:
+                await self._saver.adelete_thread(str(workflow_id))
+            except Exception:
+                logger.exception("could not delete the checkpoint of %s to replan", workflow_id)
+            await self._repository.update_plan_cache(workflow_id, PlanCache(), fence=token.fence)
+            await self._emitter.emit(
+                workflow_id,
+                EventType.STAGE_STARTED,
+                "Replanning",
+                data={"stage": "architect", "replan": True},
+            )
+        except BaseException:
+            # Not started here: the next renewal hands the claimed run to any process.
+            self._preparing.pop(workflow_id, None)
+            raise
+        self._run(token)
 
     async def recover_interrupted_workflows(self) -> list[uuid.UUID]:
-        """At start-up: runs that were in progress when the server died become failed and
-        recoverable (resume continues them from their last checkpoint)."""
-        recovered: list[uuid.UUID] = []
-        for row in await self._repository.find_by_status([S.IN_PROGRESS]):
-            if row.id in self._tasks:
-                continue
-            moved = await self._repository.transition(
-                row.id, (S.IN_PROGRESS,), S.FAILED, failure_reason=RESTART_REASON
-            )
-            if moved is None:
-                continue
-            recovered.append(row.id)
-            await self._emitter.emit(
-                row.id, EventType.WORKFLOW_FAILED, RESTART_REASON, data={"recoverable": True}
-            )
-        return recovered
+        """At start-up: claim the runs whose owner's lease expired (a process that died,
+        this one before a restart included) and resume them from their checkpoints.
+
+        Runs of live processes are never touched; the claimer picks up the rest later.
+        """
+        return [token.workflow_id for token in await self.claim_runnable()]
 
     def get_active_workflows(self) -> list[uuid.UUID]:
         """Ids of the workflows this process is running or planning right now."""
-        return [*self._tasks, *self._planning]
+        return [wid for wid, (_token, task) in self._tasks.items() if not task.done()]
 
     async def wait_idle(self, timeout: float | None = None) -> None:
         """Wait until every tracked task of this process has finished (tests, shutdown)."""
-        tasks = [*self._tasks.values(), *self._planning.values()]
+        tasks = [task for _token, task in self._tasks.values()]
         if tasks:
             await asyncio.wait(tasks, timeout=timeout)
 
     async def cancel_all_workflows(self, timeout: float = 5.0) -> None:
-        """At shutdown: cancel this process's tasks (statuses stay; recovery handles them)."""
-        tasks = [*self._tasks.values(), *self._planning.values()]
+        """At shutdown: stop this process's runs and hand them to the other processes
+        (statuses stay; a run resumes from its checkpoint wherever it is claimed next)."""
+        self.accepting = False
+        tasks = [task for _token, task in self._tasks.values()]
         for task in tasks:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=timeout)
+        try:
+            await self.release_runs()
+        except Exception:
+            logger.exception("could not release the runs of this process")
 
 
 def external_plan(

@@ -9,7 +9,9 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from amelia import __version__
+from amelia.server.database.process_registry import ProcessRegistry
 from amelia.server.database.repository import WorkflowRepository
+from amelia.server.database.run_leases import RunLeaseRepository
 from amelia.server.dependencies import Services
 
 router = APIRouter(prefix="/api/health", tags=["health"])
@@ -40,6 +42,27 @@ def _checkpoint_pool(services: Services) -> dict[str, Any]:
     }
 
 
+def _this_process(services: Services) -> dict[str, Any]:
+    orchestrator = services.orchestrator
+    relay = services.extras.get("relay")
+    listener = services.extras.get("listener")
+    return {
+        "id": str(orchestrator.process_id),
+        "running": [str(wid) for wid in orchestrator.get_active_workflows()],
+        "refused_writes": orchestrator.refused_writes,
+        "listen_connected": bool(listener and listener.connected),
+        "listen_reconnects": listener.reconnects if listener else 0,
+        "events_relayed": relay.delivered_count if relay else 0,
+    }
+
+
+async def _processes(services: Services) -> list[dict[str, Any]]:
+    """Every registered server process, whether it is alive and the runs it owns."""
+    processes = await ProcessRegistry(services.db).list_processes(services.config.lease_seconds)
+    owned = await RunLeaseRepository(services.db).owned_runs()
+    return [process.as_json(owned.get(process.id, [])) for process in processes]
+
+
 @router.get("")
 async def health(services: Services) -> JSONResponse:
     """Overall health with a real round trip to the database; 503 when it fails."""
@@ -56,9 +79,11 @@ async def health(services: Services) -> JSONResponse:
         },
         "checkpoint_pool": _checkpoint_pool(services),
         "workflows": {"running_in_this_process": len(services.orchestrator.get_active_workflows())},
+        "process": _this_process(services),
     }
     if healthy:
         body["workflows"]["active"] = await WorkflowRepository(services.db).count_active()
+        body["processes"] = await _processes(services)
     return JSONResponse(body, status_code=200 if body["status"] == "healthy" else 503)
 
 

@@ -1,0 +1,1 @@
+"""Several server processes, one database: run ownership, leases, fencing, shared events."""
