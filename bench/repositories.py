@@ -65,6 +65,15 @@ RAW = {
     "list_workflows": (
         f"SELECT {COLUMNS} FROM workflows ORDER BY started_at DESC NULLS LAST, id DESC LIMIT $1"
     ),
+    "list_workflow_page": (
+        "SELECT t.n, p.* FROM (SELECT coalesce(sum(workflows), 0) AS n "
+        "FROM workflow_status_counts) AS t LEFT JOIN (SELECT w.id, w.issue_id, "
+        "w.worktree_path, w.profile_id, w.status, w.created_at, w.started_at, u.cost_usd, "
+        "u.input_tokens + u.output_tokens AS tokens, u.duration_ms FROM workflows w "
+        "LEFT JOIN usage_workflow_totals u ON u.workflow_id = w.id "
+        "ORDER BY w.started_at DESC NULLS LAST, w.id DESC LIMIT $1) AS p ON true "
+        "ORDER BY p.started_at DESC NULLS LAST, p.id DESC"
+    ),
     "list_workflows_cursor": (
         f"SELECT {COLUMNS} FROM workflows WHERE (started_at, id) < ($1, $2) "
         "ORDER BY started_at DESC NULLS LAST, id DESC LIMIT $3"
@@ -181,6 +190,10 @@ async def _time_repository(
         lambda i: repo.list_workflows(limit=21, after_started_at=started_at, after_id=after_id),
         100,
     )
+    # The list route's one statement: a page with usage totals and the exact total.
+    out["list_workflow_page"] = await measure(
+        "list_workflow_page", lambda i: repo.list_workflow_page(limit=21), 100
+    )
     return out
 
 
@@ -256,6 +269,9 @@ async def _time_raw(raw: asyncpg.Connection, fx: dict[str, Any]) -> dict[str, Ti
         lambda i: raw.fetch(RAW["list_workflows_cursor"], started_at, after_id, 21),
         100,
     )
+    out["list_workflow_page"] = await measure(
+        "list_workflow_page", lambda i: raw.fetch(RAW["list_workflow_page"], 21), 100
+    )
     return out
 
 
@@ -306,7 +322,7 @@ async def run(url: str) -> dict[str, Any]:
         await raw.close()
         await db.close()
     calls: dict[str, Any] = {}
-    for name in [*SIMPLE_CALLS, "list_workflows", "list_workflows_deep"]:
+    for name in [*SIMPLE_CALLS, "list_workflows", "list_workflows_deep", "list_workflow_page"]:
         calls[name] = {
             "raw": timing_dict(raw_t[name]),
             "pooled": timing_dict(pooled_t[name]),

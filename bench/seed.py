@@ -2,6 +2,10 @@
 
 100,000 workflows (a year of history, 500 worktrees), 1,000,000 token-usage rows over the
 last 365 days and 5 models, and 200,000 events (200 for each of 1,000 workflows).
+
+The rows go in with triggers off (`session_replication_role = replica`, as a bulk load
+would), then `amelia_usage_rebuild()` fills the rollups and status counts the triggers
+would have kept: about 2.5x faster than maintaining them row set by row set.
 """
 
 from __future__ import annotations
@@ -80,6 +84,7 @@ async def seed(
     conn = await asyncpg.connect(dsn)
     timings: dict[str, float] = {}
     try:
+        await conn.execute("SET session_replication_role = replica")
         started = time.perf_counter()
         await conn.execute(WORKFLOWS_SQL, workflows)
         timings["workflows_s"] = time.perf_counter() - started
@@ -94,6 +99,10 @@ async def seed(
             "WHERE w.id = m.workflow_id"
         )
         timings["events_s"] = time.perf_counter() - started
+        await conn.execute("RESET session_replication_role")
+        started = time.perf_counter()
+        await conn.execute("SELECT amelia_usage_rebuild()")
+        timings["rollups_s"] = time.perf_counter() - started
         started = time.perf_counter()
         await conn.execute("VACUUM ANALYZE")
         timings["vacuum_analyze_s"] = time.perf_counter() - started

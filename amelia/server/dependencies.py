@@ -1,4 +1,8 @@
-"""FastAPI dependencies: services and per-request repositories from `app.state`."""
+"""FastAPI dependencies: services and per-request repositories from `app.state`.
+
+All are `async def`: FastAPI runs a plain `def` dependency in a worker thread, and the
+thread hand-off cost more than the rest of a cheap request's dependencies together.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ from amelia.server.orchestrator.service import OrchestratorService
 from amelia.server.services import AppServices
 
 
-def get_services(request: Request) -> AppServices:
+async def get_services(request: Request) -> AppServices:
     services = getattr(request.app.state, "services", None)
     if services is None:
         raise RuntimeError("the server is not started (lifespan has not run)")
@@ -25,27 +29,27 @@ def get_services(request: Request) -> AppServices:
 Services = Annotated[AppServices, Depends(get_services)]
 
 
-def get_repository(services: Services) -> WorkflowRepository:
+async def get_repository(services: Services) -> WorkflowRepository:
     return WorkflowRepository(services.db)
 
 
-def get_settings_repository(services: Services) -> SettingsRepository:
+async def get_settings_repository(services: Services) -> SettingsRepository:
     return SettingsRepository(services.db)
 
 
-def get_profile_repository(services: Services) -> ProfileRepository:
+async def get_profile_repository(services: Services) -> ProfileRepository:
     return ProfileRepository(services.db)
 
 
-def get_prompt_repository(services: Services) -> PromptRepository:
+async def get_prompt_repository(services: Services) -> PromptRepository:
     return PromptRepository(services.db)
 
 
-def get_brainstorm_repository(services: Services) -> BrainstormRepository:
+async def get_brainstorm_repository(services: Services) -> BrainstormRepository:
     return BrainstormRepository(services.db)
 
 
-def get_orchestrator(services: Services) -> OrchestratorService:
+async def get_orchestrator(services: Services) -> OrchestratorService:
     return services.orchestrator
 
 

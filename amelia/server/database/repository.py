@@ -9,10 +9,13 @@ from __future__ import annotations
 from amelia.server.database.event_log import EventLogMixin
 from amelia.server.database.token_usage import TokenUsageMixin
 from amelia.server.database.usage_analytics import UsageAnalyticsMixin
+from amelia.server.database.workflow_list import WorkflowListMixin
 from amelia.server.database.workflow_rows import WorkflowRowsMixin, parse_workflow_id
 
 __all__ = ["WorkflowRepository", "parse_workflow_id"]
 
 
-class WorkflowRepository(WorkflowRowsMixin, EventLogMixin, TokenUsageMixin, UsageAnalyticsMixin):
+class WorkflowRepository(
+    WorkflowRowsMixin, WorkflowListMixin, EventLogMixin, TokenUsageMixin, UsageAnalyticsMixin
+):
     """Workflow persistence (spec data-layer.md section 4.1)."""

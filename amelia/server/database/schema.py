@@ -7,13 +7,16 @@ when the two drift. LangGraph's checkpoint tables are not declared here (its sav
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     CheckConstraint,
     Column,
+    Date,
     ForeignKey,
     Index,
     Integer,
     MetaData,
+    Numeric,
     PrimaryKeyConstraint,
     Table,
     Text,
@@ -50,6 +53,12 @@ ACTIVE_WORKTREE_INDEX = "uq_workflows__active_worktree"
 SINGLE_ACTIVE_PROFILE_INDEX = "uq_profiles__single_active"
 
 
+# A workflow that wants a process to run it (literal, so the planner matches the index).
+WANTS_TO_RUN_SQL = "status = 'in_progress' OR (status = 'pending' AND planning)"
+# Channel the `workflow_log` insert trigger notifies with "<workflow id>:<sequence>".
+EVENTS_CHANNEL = "amelia_events"
+
+
 def _in_list(column: str, values: tuple[str, ...]) -> str:
     quoted = ", ".join(f"'{value}'" for value in values)
     return f"{column} IN ({quoted})"
@@ -74,9 +83,24 @@ workflows = Table(
     # Last event sequence handed out for this workflow: the database allocates sequences, so
     # several processes can write one workflow's events without colliding.
     Column("event_sequence", Integer, nullable=False, server_default=text("0")),
+    # Run ownership across server processes (see database/run_leases.py): the owning
+    # process, until when it owns the run, the fencing number of the latest claim, whether
+    # a pending workflow wants its plan made, and how often dead owners left the run.
+    Column("owner_id", UUID(as_uuid=True)),
+    Column("lease_expires_at", UTCDateTime),
+    Column("fence", BigInteger, nullable=False, server_default=text("0")),
+    Column("planning", Boolean, nullable=False, server_default=text("false")),
+    Column("takeovers", Integer, nullable=False, server_default=text("0")),
     CheckConstraint(_in_list("status", WORKFLOW_STATUSES), name="status"),
     CheckConstraint(_in_list("workflow_type", WORKFLOW_TYPES), name="workflow_type"),
     CheckConstraint("event_sequence >= 0", name="event_sequence"),
+)
+# Claimers scan the workflows that want a process, oldest first; owners renew by owner_id.
+Index("ix_workflows__runnable", workflows.c.created_at, postgresql_where=text(WANTS_TO_RUN_SQL))
+Index(
+    "ix_workflows__owner_id",
+    workflows.c.owner_id,
+    postgresql_where=text("owner_id IS NOT NULL"),
 )
 Index("ix_workflows__issue_id", workflows.c.issue_id)
 # Keyset pagination orders by (started_at DESC NULLS LAST, id DESC): the index must match it
@@ -330,3 +354,122 @@ brainstorm_artifacts = Table(
 Index("ix_brainstorm_artifacts__session_id", brainstorm_artifacts.c.session_id)
 
 APP_TABLES = tuple(metadata.sorted_tables)
+
+
+# Every `amelia serve` process sharing the database (database/process_registry.py).
+server_processes = Table(
+    "server_processes",
+    metadata,
+    Column("id", UUID(as_uuid=True), primary_key=True),
+    Column("hostname", Text, nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("address", Text),
+    Column("version", Text, nullable=False),
+    Column("started_at", UTCDateTime, nullable=False, server_default=func.now()),
+    Column("heartbeat_at", UTCDateTime, nullable=False, server_default=func.now()),
+    Column("stopped_at", UTCDateTime),
+)
+
+
+# -- Derived figures, maintained by triggers (revision 5d1e0c7a9b21) -------------------------
+# Usage analytics and the list's `total` read these instead of scanning token_usage or
+# workflows. Triggers on token_usage and workflows keep them exact in the writer's own
+# transaction (SQL in that revision; `SELECT amelia_usage_rebuild()` recomputes them all).
+# No foreign keys: rows leave through the token_usage triggers, which need them until then.
+
+# Exact sums can pass NUMERIC(10,6), the limit of one row's cost.
+TotalMoney = Numeric(20, 6, asdecimal=True)
+
+# One row per (workflow, model, UTC day) with usage, and what it adds to the distinct
+# counts below: a workflow is counted on each of its days, keyed by its previous day with
+# usage (`-infinity` for none), so "workflows with usage in [s, e]" is the sum over days in
+# [s, e] of the entries whose previous day is before s. `day_lead` marks the row that stands
+# for (workflow, day) in the all-model count; `counted` says its keys are in the counts.
+usage_workflow_days = Table(
+    "usage_workflow_days",
+    metadata,
+    Column("workflow_id", UUID(as_uuid=True), nullable=False),
+    Column("model", Text, nullable=False),
+    Column("day", Date, nullable=False),
+    Column("calls", Integer, nullable=False),
+    Column("counted", Boolean, nullable=False),
+    Column("completed", Boolean, nullable=False),
+    Column("model_prev_day", Date, nullable=False),
+    Column("day_lead", Boolean, nullable=False),
+    Column("workflow_prev_day", Date, nullable=False),
+    PrimaryKeyConstraint("workflow_id", "model", "day"),
+)
+
+# Sums per (UTC day, model): totals, trends and the previous period's cost.
+usage_day_totals = Table(
+    "usage_day_totals",
+    metadata,
+    Column("day", Date, nullable=False),
+    Column("model", Text, nullable=False),
+    Column("calls", BigInteger, nullable=False),
+    Column("input_tokens", BigInteger, nullable=False),
+    Column("output_tokens", BigInteger, nullable=False),
+    Column("cost_usd", TotalMoney, nullable=False),
+    Column("duration_ms", BigInteger, nullable=False),
+    PrimaryKeyConstraint("day", "model"),
+)
+
+# Distinct-workflow counts: (day, previous day with usage) -> workflows, all models.
+usage_day_workflows = Table(
+    "usage_day_workflows",
+    metadata,
+    Column("day", Date, nullable=False),
+    Column("prev_day", Date, nullable=False),
+    Column("workflows", Integer, nullable=False),
+    PrimaryKeyConstraint("day", "prev_day"),
+)
+
+# The same per model, split by whether the workflow is completed now.
+usage_day_model_workflows = Table(
+    "usage_day_model_workflows",
+    metadata,
+    Column("day", Date, nullable=False),
+    Column("model", Text, nullable=False),
+    Column("prev_day", Date, nullable=False),
+    Column("completed", Boolean, nullable=False),
+    Column("workflows", Integer, nullable=False),
+    PrimaryKeyConstraint("day", "model", "prev_day", "completed"),
+)
+
+# A workflow's usage totals (list pages).
+usage_workflow_totals = Table(
+    "usage_workflow_totals",
+    metadata,
+    Column("workflow_id", UUID(as_uuid=True), primary_key=True),
+    Column("calls", BigInteger, nullable=False),
+    Column("input_tokens", BigInteger, nullable=False),
+    Column("output_tokens", BigInteger, nullable=False),
+    Column("cache_read_tokens", BigInteger, nullable=False),
+    Column("cost_usd", TotalMoney, nullable=False),
+    Column("duration_ms", BigInteger, nullable=False),
+    Column("num_turns", BigInteger, nullable=False),
+)
+
+# Workflows per status: the list's exact `total` without counting rows.
+workflow_status_counts = Table(
+    "workflow_status_counts",
+    metadata,
+    Column("status", Text, primary_key=True),
+    Column("workflows", BigInteger, nullable=False),
+)
+
+# The usage summary counts workflows completed in a range: an index-only count.
+Index(
+    "ix_workflows__completed_at__completed",
+    workflows.c.completed_at,
+    postgresql_where=text("status = 'completed'"),
+)
+
+DERIVED_TABLES = (
+    usage_workflow_days,
+    usage_day_totals,
+    usage_day_workflows,
+    usage_day_model_workflows,
+    usage_workflow_totals,
+    workflow_status_counts,
+)

@@ -1,18 +1,20 @@
 """Usage analytics of `WorkflowRepository`: the summary, daily trend and per-model figures.
 
 Days are UTC days whatever the session's time zone: a day D covers the half-open range
-[D 00:00 UTC, D+1 00:00 UTC), and a date range [start, end] the range [start 00:00 UTC,
-end+1 00:00 UTC). Each method is one statement. Sums stay NUMERIC in SQL and become floats
-only in the returned dicts.
+[D 00:00 UTC, D+1 00:00 UTC). Each method is one statement. Sums stay NUMERIC in SQL and
+become floats only in the returned dicts.
 
-How the statements are shaped (measured at 1M rows, see the report of this work):
-- Every token read is an index-only scan of `ix_token_usage__timestamp` (it covers model,
-  workflow_id, cost, tokens and duration) over a timestamp range.
-- Per-day figures are computed by a LATERAL subquery per UTC day over that day's range,
-  instead of grouping all rows by a computed day: no per-row time-zone arithmetic, and the
-  distinct-workflow counts of a day sort a few thousand rows in memory instead of sorting
-  (and spilling) the whole range.
-- Distinct counts over the whole range use a hashed DISTINCT of the ids only.
+The statements read the rollups that triggers keep exact on every token_usage write
+(schema.py, revision 5d1e0c7a9b21), never the token rows themselves, so their cost follows
+the number of days and models in the range, not the number of rows:
+- `usage_day_totals`: sums per (day, model), for totals, trends and the previous period;
+- `usage_day_workflows` / `usage_day_model_workflows`: distinct-workflow counts. Each
+  workflow counts once per day it has usage, keyed by its previous day with usage, so the
+  workflows with usage in [first, last] are those counted on a day of the range whose
+  previous day is before `first` (each exactly once: on its first day in the range). The
+  per-model counts are also split by whether the workflow is completed now.
+The summary's successful workflows are an index-only count of completed workflows by
+completion time (`ix_workflows__completed_at__completed`).
 """
 
 from __future__ import annotations
@@ -27,34 +29,42 @@ from sqlalchemy import (
     Select,
     and_,
     bindparam,
-    cast,
     column,
-    distinct,
     func,
+    literal_column,
     select,
     true,
 )
-from sqlalchemy.dialects.postgresql import ARRAY, TIMESTAMP, aggregate_order_by
+from sqlalchemy.dialects.postgresql import ARRAY, aggregate_order_by
 from sqlalchemy.sql.selectable import TableValuedAlias
 
 from amelia.server.database.base import RepositoryBase
-from amelia.server.database.schema import token_usage, workflows
+from amelia.server.database.schema import (
+    usage_day_model_workflows,
+    usage_day_totals,
+    usage_day_workflows,
+    workflows,
+)
 from amelia.server.database.types import UTCDateTime
 from amelia.server.models.state import WorkflowStatus
 from amelia.server.models.usage import UsageByModelData, UsageSummaryData, UsageTrendPointData
 
-_T = token_usage
-_COMPLETED = WorkflowStatus.COMPLETED.value
+_TOTALS = usage_day_totals
+_COUNTS = usage_day_workflows
+_MODEL_COUNTS = usage_day_model_workflows
 
+_FIRST = bindparam("first", type_=Date)
+_LAST = bindparam("last", type_=Date)
+_PREVIOUS_FIRST = bindparam("previous_first", type_=Date)
 _START = bindparam("start", type_=UTCDateTime)
 _END = bindparam("end", type_=UTCDateTime)
-_PREVIOUS_START = bindparam("previous_start", type_=UTCDateTime)
 _DAYS = bindparam("days", type_=ARRAY(Date))
+
+# Literally the predicate of the partial index (a bound value would hide it from the planner).
+_COMPLETED: ColumnElement[str] = literal_column(f"'{WorkflowStatus.COMPLETED.value}'")
 
 # Each statement's result rows are read by column name (`.mappings()`).
 _Query = Select[*tuple[Any, ...]]
-
-_IN_RANGE = and_(_T.c.timestamp >= _START, _T.c.timestamp < _END)
 
 
 def _days(name: str) -> TableValuedAlias:
@@ -62,37 +72,26 @@ def _days(name: str) -> TableValuedAlias:
     return func.unnest(_DAYS).table_valued(column("day", Date)).render_derived(name=name)
 
 
-def _utc_midnight(day: ColumnElement[Any]) -> ColumnElement[datetime]:
-    """The instant a UTC day starts, independent of the session time zone."""
-    return func.timezone("UTC", cast(day, TIMESTAMP(timezone=False)), type_=UTCDateTime)
-
-
-def _in_day(days: TableValuedAlias) -> ColumnElement[bool]:
-    """Token rows of the UTC day `days.c.day` (a range the timestamp index serves)."""
-    return and_(
-        _T.c.timestamp >= _utc_midnight(days.c.day),
-        _T.c.timestamp < _utc_midnight(days.c.day + 1),
-    )
-
-
 def _build_summary() -> _Query:
+    in_range = _TOTALS.c.day.between(_FIRST, _LAST)
     totals = (
         select(
-            func.coalesce(func.sum(_T.c.cost_usd), 0).label("cost"),
-            func.coalesce(func.sum(_T.c.input_tokens), 0).label("input_tokens"),
-            func.coalesce(func.sum(_T.c.output_tokens), 0).label("output_tokens"),
-            func.coalesce(func.sum(_T.c.duration_ms), 0).label("duration_ms"),
+            func.coalesce(func.sum(_TOTALS.c.cost_usd), 0).label("cost"),
+            func.coalesce(func.sum(_TOTALS.c.input_tokens), 0).label("input_tokens"),
+            func.coalesce(func.sum(_TOTALS.c.output_tokens), 0).label("output_tokens"),
+            func.coalesce(func.sum(_TOTALS.c.duration_ms), 0).label("duration_ms"),
         )
-        .where(_IN_RANGE)
+        .where(in_range)
         .subquery("totals")
     )
-    # A hashed DISTINCT of the ids alone (small entries, no aggregate states): faster here
-    # than count(DISTINCT ...), which sorts every row of the range.
-    ids = select(_T.c.workflow_id).where(_IN_RANGE).distinct().subquery("ids")
-    workflow_count = select(func.count()).select_from(ids).scalar_subquery()
+    workflow_count = (
+        select(func.coalesce(func.sum(_COUNTS.c.workflows), 0))
+        .where(_COUNTS.c.day.between(_FIRST, _LAST), _COUNTS.c.prev_day < _FIRST)
+        .scalar_subquery()
+    )
     previous_cost = (
-        select(func.coalesce(func.sum(_T.c.cost_usd), 0))
-        .where(_T.c.timestamp >= _PREVIOUS_START, _T.c.timestamp < _START)
+        select(func.coalesce(func.sum(_TOTALS.c.cost_usd), 0))
+        .where(_TOTALS.c.day >= _PREVIOUS_FIRST, _TOTALS.c.day < _FIRST)
         .scalar_subquery()
     )
     successful = (
@@ -114,80 +113,68 @@ def _build_summary() -> _Query:
 
 
 def _build_trend() -> _Query:
-    days = _days("d")
-    per_model = (
-        select(_T.c.model, func.sum(_T.c.cost_usd).label("cost"))
-        .where(_in_day(days))
-        .group_by(_T.c.model)
-        .lateral("m")
+    per_day = (
+        select(_COUNTS.c.day, func.sum(_COUNTS.c.workflows).label("workflows"))
+        .where(_COUNTS.c.day.between(_FIRST, _LAST))
+        .group_by(_COUNTS.c.day)
+        .subquery("per_day")
     )
-    day_workflows = (
-        select(func.count(distinct(_T.c.workflow_id)).label("workflows"))
-        .where(_in_day(days))
-        .lateral("w")
-    )
-    by_cost = (per_model.c.cost.desc(), per_model.c.model)
-    # A day without rows has no per-model group, so the inner join drops it (no zero fill).
+    by_cost = (_TOTALS.c.cost_usd.desc(), _TOTALS.c.model)
+    # Only days with usage have rows: no zero fill.
     return (
         select(
-            days.c.day,
-            func.sum(per_model.c.cost).label("cost"),
-            day_workflows.c.workflows,
-            func.array_agg(aggregate_order_by(per_model.c.model, *by_cost)).label("models"),
-            func.array_agg(aggregate_order_by(per_model.c.cost, *by_cost)).label("costs"),
+            _TOTALS.c.day,
+            func.sum(_TOTALS.c.cost_usd).label("cost"),
+            per_day.c.workflows,
+            func.array_agg(aggregate_order_by(_TOTALS.c.model, *by_cost)).label("models"),
+            func.array_agg(aggregate_order_by(_TOTALS.c.cost_usd, *by_cost)).label("costs"),
         )
-        .select_from(days.join(per_model, true()).join(day_workflows, true()))
-        .group_by(days.c.day, day_workflows.c.workflows)
-        .order_by(days.c.day)
+        .join_from(_TOTALS, per_day, per_day.c.day == _TOTALS.c.day)
+        .where(_TOTALS.c.day.between(_FIRST, _LAST))
+        .group_by(_TOTALS.c.day, per_day.c.workflows)
+        .order_by(_TOTALS.c.day)
     )
 
 
 def _build_by_model() -> _Query:
-    pairs = select(_T.c.model, _T.c.workflow_id).where(_IN_RANGE).distinct().cte("pairs")
-    completed = workflows.alias("completed")
+    first_in_range = and_(
+        _MODEL_COUNTS.c.day.between(_FIRST, _LAST), _MODEL_COUNTS.c.prev_day < _FIRST
+    )
+    counted = func.sum(_MODEL_COUNTS.c.workflows)
     per_model = (
         select(
-            pairs.c.model,
-            func.count().label("workflows"),
-            func.count(completed.c.id).label("successful"),
+            _MODEL_COUNTS.c.model,
+            counted.label("workflows"),
+            func.coalesce(counted.filter(_MODEL_COUNTS.c.completed), 0).label("successful"),
         )
-        .select_from(
-            pairs.outerjoin(
-                completed,
-                and_(completed.c.id == pairs.c.workflow_id, completed.c.status == _COMPLETED),
-            )
-        )
-        .group_by(pairs.c.model)
+        .where(first_in_range)
+        .group_by(_MODEL_COUNTS.c.model)
+        # Counts that went back to zero after deletions stay behind as zero rows.
+        .having(counted > 0)
         .cte("per_model")
     )
-    days = _days("d")
-    day_model = (
-        select(
-            _T.c.model,
-            func.sum(_T.c.cost_usd).label("cost"),
-            (func.sum(_T.c.input_tokens) + func.sum(_T.c.output_tokens)).label("tokens"),
-        )
-        .where(_in_day(days))
-        .group_by(_T.c.model)
-        .lateral("m")
-    )
     daily = (
-        select(days.c.day, day_model.c.model, day_model.c.cost, day_model.c.tokens)
-        .select_from(days.join(day_model, true()))
+        select(
+            _TOTALS.c.day,
+            _TOTALS.c.model,
+            _TOTALS.c.cost_usd,
+            (_TOTALS.c.input_tokens + _TOTALS.c.output_tokens).label("tokens"),
+        )
+        .where(_TOTALS.c.day.between(_FIRST, _LAST))
         .cte("daily")
     )
     every_day = _days("every_day")
-    cost = func.sum(daily.c.cost)
+    cost = func.coalesce(func.sum(daily.c.cost_usd), 0)
     # per_model x every day, left-joined to the days with usage: a zero-filled trend.
     return (
         select(
             per_model.c.model,
             per_model.c.workflows,
             per_model.c.successful,
-            func.sum(daily.c.tokens).label("tokens"),
+            func.coalesce(func.sum(daily.c.tokens), 0).label("tokens"),
             cost.label("cost"),
             func.array_agg(
-                aggregate_order_by(func.coalesce(daily.c.cost, 0), every_day.c.day)
+                aggregate_order_by(func.coalesce(daily.c.cost_usd, 0), every_day.c.day)
             ).label("trend"),
         )
         .select_from(
@@ -249,9 +236,11 @@ class UsageAnalyticsMixin(RepositoryBase):
             )
         length = end_date - start_date + timedelta(days=1)
         params = {
+            "first": start_date,
+            "last": end_date,
+            "previous_first": start_date - length,
             "start": _utc_start(start_date),
             "end": _utc_start(end_date + timedelta(days=1)),
-            "previous_start": _utc_start(start_date - length),
         }
         async with self._connect() as conn:
             row = (await conn.execute(_SUMMARY, params)).mappings().one()
@@ -279,11 +268,10 @@ class UsageAnalyticsMixin(RepositoryBase):
             `by_model` ({model: cost}, most expensive model first). Days without usage are
             left out.
         """
-        days = _days_between(start_date, end_date)
-        if not days:
+        if end_date < start_date:
             return []
         async with self._connect() as conn:
-            result = await conn.execute(_TREND, {"days": days})
+            result = await conn.execute(_TREND, {"first": start_date, "last": end_date})
             rows = result.mappings().all()
         return [
             UsageTrendPointData(
@@ -315,11 +303,7 @@ class UsageAnalyticsMixin(RepositoryBase):
         days = _days_between(start_date, end_date)
         if not days:
             return []
-        params = {
-            "start": _utc_start(start_date),
-            "end": _utc_start(end_date + timedelta(days=1)),
-            "days": days,
-        }
+        params = {"first": start_date, "last": end_date, "days": days}
         async with self._connect() as conn:
             rows = (await conn.execute(_BY_MODEL, params)).mappings().all()
         entries: list[UsageByModelData] = []

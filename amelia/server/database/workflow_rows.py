@@ -37,9 +37,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from amelia.server.database.base import RepositoryBase, is_autocommit
 from amelia.server.database.errors import ActiveWorktreeConflict, translate_integrity_errors
 from amelia.server.database.fast_query import FastQuery
+from amelia.server.database.lost_connections import retry_if_connection_lost
 from amelia.server.database.schema import workflows
 from amelia.server.database.types import NaiveDatetimeError
-from amelia.server.exceptions import WorkflowConflictError, WorkflowNotFoundError
+from amelia.server.exceptions import (
+    FencedOutError,
+    WorkflowConflictError,
+    WorkflowNotFoundError,
+)
 from amelia.server.models.state import (
     TERMINAL_STATUSES,
     VALID_TRANSITIONS,
@@ -54,8 +59,12 @@ logger = logging.getLogger(__name__)
 WorkflowId = uuid.UUID | str
 """A workflow id as callers may hold it; strings are parsed (ValueError when malformed)."""
 
-# The one column list: every column but `event_sequence`, internal to the event log.
-_COLUMNS = tuple(column for column in workflows.c if column.name != "event_sequence")
+# Columns internal to the data layer: the event log's counter and the run ownership that
+# run_leases.py manages. The one column list of the model is every other column.
+_INTERNAL = frozenset(
+    {"event_sequence", "owner_id", "lease_expires_at", "fence", "planning", "takeovers"}
+)
+_COLUMNS = tuple(column for column in workflows.c if column.name not in _INTERNAL)
 
 _WORKTREE_HOLDERS = (WorkflowStatus.IN_PROGRESS, WorkflowStatus.BLOCKED)
 _ACTIVE = (WorkflowStatus.PENDING, WorkflowStatus.IN_PROGRESS, WorkflowStatus.BLOCKED)
@@ -93,6 +102,19 @@ def _status_in(statuses: Collection[WorkflowStatus]) -> ColumnElement[bool]:
     return workflows.c.status == any_(bindparam("statuses", values, type_=ARRAY(Text)))
 
 
+def _run_values(target: WorkflowStatus) -> dict[str, Any]:
+    """How a status change affects run ownership (see run_leases.py).
+
+    A run that ends (terminal, or blocked for approval) gives up its owner; a workflow put
+    back in progress (start of a queued one, resume) has no owner yet, so any process can
+    claim it. The fence is not raised: only a new claim does that, so the owner's own final
+    write (a completion beats a concurrent cancel) still lands.
+    """
+    if target is WorkflowStatus.PENDING:
+        return {}
+    return {"owner_id": None, "lease_expires_at": None, "planning": False, "takeovers": 0}
+
+
 def _set_status_statement(target: WorkflowStatus) -> Update:
     return (
         update(workflows)
@@ -102,6 +124,7 @@ def _set_status_statement(target: WorkflowStatus) -> Update:
             status=target.value,
             completed_at=func.now() if target in TERMINAL_STATUSES else None,
             failure_reason=bindparam("failure_reason", type_=Text),
+            **_run_values(target),
         )
         .returning(workflows.c.id)
     )
@@ -111,6 +134,9 @@ def _set_status_statement(target: WorkflowStatus) -> Update:
 _SET_STATUS = {target: _set_status_statement(target) for target in WorkflowStatus}
 _GET = select(*_COLUMNS).where(workflows.c.id == bindparam("workflow_id"))
 _GET_STATUS = select(workflows.c.status).where(workflows.c.id == bindparam("workflow_id"))
+_GET_FENCE = select(workflows.c.status, workflows.c.fence).where(
+    workflows.c.id == bindparam("workflow_id")
+)
 # The same predicate as plain SQL literals, for the fast read path (no post-compile step).
 _HOLDS_WORKTREE_LITERAL = workflows.c.status.in_(
     [literal_column(f"'{status.value}'") for status in _WORKTREE_HOLDERS]
@@ -295,6 +321,7 @@ class WorkflowRowsMixin(RepositoryBase):
             except ActiveWorktreeConflict as exc:
                 raise await self._conflict(conn, state.id) from exc
 
+    @retry_if_connection_lost()  # idempotent: the same status again
     async def set_status(
         self,
         workflow_id: WorkflowId,
@@ -353,6 +380,7 @@ class WorkflowRowsMixin(RepositoryBase):
                 break
             raise InvalidStateTransitionError(current or target, target)
 
+    @retry_if_connection_lost()  # a CAS: repeated after a commit it finds the row moved
     async def transition(
         self,
         workflow_id: WorkflowId,
@@ -362,6 +390,7 @@ class WorkflowRowsMixin(RepositoryBase):
         failure_reason: str | None = None,
         set_started_at: bool = False,
         clear_completion: bool = False,
+        fence: int | None = None,
     ) -> ServerExecutionState | None:
         """Compare-and-set a workflow's status: change it only if it is in `expected`.
 
@@ -377,7 +406,12 @@ class WorkflowRowsMixin(RepositoryBase):
             The updated workflow, or None when it was not in one of the `expected` statuses
             (for instance because a concurrent call changed it first).
 
+        Args:
+            fence: a run's fencing number: the change applies only while the row still
+                carries it (the run's owner writing; see run_leases.py).
+
         Raises:
+            FencedOutError: `fence` is given and the row carries another one.
             InvalidStateTransitionError: an `expected` -> `new_status` pair is not a valid
                 transition (checked before any query).
             ValueError: `clear_completion` with a terminal `new_status`.
@@ -392,7 +426,7 @@ class WorkflowRowsMixin(RepositoryBase):
             raise InvalidStateTransitionError(min(invalid), target)
         if clear_completion and target in TERMINAL_STATUSES:
             raise ValueError(f"clear_completion makes no sense for terminal status {target}")
-        values: dict[str, Any] = {"status": target.value}
+        values: dict[str, Any] = {"status": target.value, **_run_values(target)}
         if target in TERMINAL_STATUSES:
             values["completed_at"] = func.now()
         elif clear_completion:
@@ -407,28 +441,46 @@ class WorkflowRowsMixin(RepositoryBase):
             .values(**values)
             .returning(*_COLUMNS)
         )
+        params: dict[str, Any] = {"workflow_id": wid}
+        if fence is not None:
+            statement = statement.where(workflows.c.fence == bindparam("run_fence"))
+            params["run_fence"] = fence
         async with self._connect() as conn:
-            row = await self._guarded_write(conn, wid, statement, {"workflow_id": wid})
+            row = await self._guarded_write(conn, wid, statement, params)
             if row is not None:
                 return _row_to_state(row)
-            if await conn.scalar(_GET_STATUS, {"workflow_id": wid}) is None:
+            found = (await conn.execute(_GET_FENCE, {"workflow_id": wid})).first()
+            if found is None:
                 raise WorkflowNotFoundError(wid)
+            if fence is not None and found.fence != fence:
+                raise FencedOutError(wid, fence)
         return None
 
-    async def update_plan_cache(self, workflow_id: WorkflowId, plan_cache: PlanCache) -> None:
+    @retry_if_connection_lost()  # idempotent
+    async def update_plan_cache(
+        self, workflow_id: WorkflowId, plan_cache: PlanCache, *, fence: int | None = None
+    ) -> None:
         """Replace a workflow's plan cache (one UPDATE).
+
+        Args:
+            fence: a run's fencing number: write only while the row still carries it.
 
         Raises:
             WorkflowNotFoundError: no such workflow.
+            FencedOutError: `fence` is given and the row carries another one.
         """
         wid = parse_workflow_id(workflow_id)
         statement = (
             update(workflows).where(workflows.c.id == wid).values(plan_cache=_dump_plan(plan_cache))
         )
+        if fence is not None:
+            statement = statement.where(workflows.c.fence == fence)
         async with self._connect() as conn:
             result = await conn.execute(statement)
-        if result.rowcount == 0:
-            raise WorkflowNotFoundError(wid)
+            if result.rowcount == 0:
+                if await conn.scalar(_GET_STATUS, {"workflow_id": wid}) is None:
+                    raise WorkflowNotFoundError(wid)
+                raise FencedOutError(wid, fence or 0)
 
     async def list_active(self, worktree_path: str | None = None) -> list[ServerExecutionState]:
         """Pending, running and blocked workflows (on `worktree_path` when given), latest
@@ -492,25 +544,9 @@ class WorkflowRowsMixin(RepositoryBase):
             rows = await self._fast_all(query, params)
         return [_row_to_state(row) for row in rows]
 
-    async def count_workflows(
-        self, status: WorkflowStatus | None = None, worktree_path: str | None = None
-    ) -> int:
-        """How many workflows `list_workflows` would page through with these filters."""
-        statement = (
-            select(func.count()).select_from(workflows).where(*self._filters(status, worktree_path))
-        )
-        return await self._count(statement)
+    # count_workflows lives in workflow_list.py (status counts kept by triggers).
 
     # -- helpers --------------------------------------------------------------------------
-
-    @staticmethod
-    def _filters(status: WorkflowStatus | None, worktree_path: str | None) -> list[Any]:
-        filters: list[Any] = []
-        if status is not None:
-            filters.append(workflows.c.status == WorkflowStatus(status).value)
-        if worktree_path is not None:
-            filters.append(workflows.c.worktree_path == worktree_path)
-        return filters
 
     async def _fetch(self, statement: Any) -> list[ServerExecutionState]:
         async with self._connect() as conn:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
 
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter, HTTPException, Response, status
 
 from amelia.server.dependencies import Repository, Services
 from amelia.server.models.usage import (
@@ -70,14 +70,14 @@ def resolve_range(
     return start, end
 
 
-@router.get("")
+@router.get("", response_model=UsageResponse)
 async def get_usage(
     services: Services,
     repository: Repository,
     start: date | None = None,
     end: date | None = None,
     preset: str | None = None,
-) -> UsageResponse:
+) -> Response:
     """Cost, tokens and workflows over a range of UTC days: totals, per day, per model."""
     first, last = resolve_range(start, end, preset, datetime.now(UTC).date())
     async with services.db.connection() as conn:
@@ -85,8 +85,10 @@ async def get_usage(
         summary = await repo.get_usage_summary(first, last)
         trend = await repo.get_usage_trend(first, last)
         by_model = await repo.get_usage_by_model(first, last)
-    return UsageResponse(
+    body = UsageResponse(
         summary=UsageSummary.model_validate(summary),
         trend=[UsageTrendPoint.model_validate(point) for point in trend],
         by_model=[UsageByModel.model_validate(entry) for entry in by_model],
     )
+    # Serialised once: FastAPI would dump the model and validate it again before that.
+    return Response(body.model_dump_json(), media_type="application/json")

@@ -18,9 +18,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, status
+from fastapi import APIRouter, HTTPException, Query, Response, status
 
 from amelia.server.database.repository import WorkflowRepository
+from amelia.server.database.workflow_list import WorkflowListRow
 from amelia.server.dependencies import Orchestrator, Repository, Services
 from amelia.server.exceptions import WorkflowConflictError, WorkflowNotFoundError
 from amelia.server.models.state import PlanCache, ServerExecutionState, WorkflowStatus
@@ -52,7 +53,7 @@ INVALID_CURSOR = "Invalid cursor format"
 # ------------------------------------------------------------------------------ helpers
 
 
-def encode_cursor(row: ServerExecutionState) -> str:
+def encode_cursor(row: ServerExecutionState | WorkflowListRow) -> str:
     """The cursor after `row`: base64 of `"<started_at ISO>|<id>"` (row must have started)."""
     if row.started_at is None:
         raise ValueError("a cursor needs a started_at")
@@ -93,6 +94,22 @@ def _summary(row: ServerExecutionState, usage: TokenSummary | None) -> WorkflowS
         total_cost_usd=usage.total_cost_usd if usage else None,
         total_tokens=usage.total_input_tokens + usage.total_output_tokens if usage else None,
         total_duration_ms=usage.total_duration_ms if usage else None,
+    )
+
+
+def _list_summary(row: WorkflowListRow) -> WorkflowSummary:
+    cost = row.total_cost_usd
+    return WorkflowSummary(
+        id=row.id,
+        issue_id=row.issue_id,
+        worktree_path=row.worktree_path,
+        profile=row.profile_id,
+        status=row.status,
+        created_at=row.created_at,
+        started_at=row.started_at,
+        total_cost_usd=float(cost) if cost is not None else None,
+        total_tokens=row.total_tokens,
+        total_duration_ms=row.total_duration_ms,
     )
 
 
@@ -208,38 +225,39 @@ async def create_review_workflow(
     return CreateWorkflowResponse(id=workflow_id, message="Review workflow started")
 
 
-@router.get("")
+@router.get("", response_model=WorkflowListResponse)
 async def list_workflows(
-    services: Services,
     repository: Repository,
     workflow_status: Annotated[WorkflowStatus | None, Query(alias="status")] = None,
     worktree: str | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: str | None = None,
-) -> WorkflowListResponse:
+) -> Response:
     """A page of workflows, latest started first; `cursor` continues after the last page."""
     after = decode_cursor(cursor) if cursor is not None else None
-    worktree_path = _resolved(worktree)
-    async with services.db.connection() as conn:
-        repo = repository.bind(conn)
-        # One extra row says whether another page exists.
-        rows = await repo.list_workflows(
-            status=workflow_status,
-            worktree_path=worktree_path,
-            limit=limit + 1,
-            after_started_at=after[0] if after else None,
-            after_id=after[1] if after else None,
-        )
-        has_more = len(rows) > limit
-        page = rows[:limit]
-        total = await repo.count_workflows(status=workflow_status, worktree_path=worktree_path)
-        summaries = await _summaries(repo, page)
-    next_cursor = None
-    if has_more and page and page[-1].started_at is not None:
-        next_cursor = encode_cursor(page[-1])
-    return WorkflowListResponse(
-        workflows=summaries, total=total, cursor=next_cursor, has_more=has_more
+    # One statement on one pooled connection: the rows (one extra says whether another page
+    # exists), their usage totals and the filtered total.
+    page = await repository.list_workflow_page(
+        status=workflow_status,
+        worktree_path=_resolved(worktree),
+        limit=limit + 1,
+        after_started_at=after[0] if after else None,
+        after_id=after[1] if after else None,
     )
+    has_more = len(page.rows) > limit
+    rows = page.rows[:limit]
+    next_cursor = None
+    if has_more and rows and rows[-1].started_at is not None:
+        next_cursor = encode_cursor(rows[-1])
+    # Serialised here, once: FastAPI's response handling would dump the model to Python
+    # objects and validate them again, a large share of this request's CPU.
+    body = WorkflowListResponse(
+        workflows=[_list_summary(row) for row in rows],
+        total=page.total,
+        cursor=next_cursor,
+        has_more=has_more,
+    )
+    return Response(body.model_dump_json(), media_type="application/json")
 
 
 @router.get("/active")
