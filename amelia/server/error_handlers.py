@@ -7,13 +7,14 @@ import uuid
 from typing import Any
 
 import asyncpg
+import psycopg
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-from amelia.server.database.connection import DatabaseConnectionError
+from amelia.server.database.connection import DatabaseConnectionError, DatabaseUnavailableError
 from amelia.server.database.errors import (
     ConstraintViolationError,
     DuplicateKeyError,
@@ -33,6 +34,10 @@ logger = logging.getLogger(__name__)
 
 # SQLSTATE class 22, "data exception": the value itself cannot be stored.
 DATA_EXCEPTION_CLASS = "22"
+# Class 08 (connection exception), and the server shutting down, crashing, starting up or
+# cancelling a statement past its timeout: the database is unavailable, not the request wrong.
+CONNECTION_EXCEPTION_CLASS = "08"
+UNAVAILABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "57014"})
 
 
 def _jsonable(value: Any) -> Any:
@@ -125,22 +130,43 @@ def configure_exception_handlers(app: FastAPI) -> None:
         return envelope(400, str(exc), "INVALID_VALUE")
 
     async def unavailable(_: Request, exc: Exception) -> JSONResponse:
-        # The database is down or unreachable: say so quickly instead of a 500.
-        logger.warning("database unavailable: %s", exc)
+        # The database is down, unreachable or too slow: say so quickly instead of a 500.
+        if isinstance(exc, DatabaseUnavailableError):
+            # Known outage: logged once when it began and once when it ends, not per request.
+            logger.debug("database unavailable: %s", exc)
+            reason = exc.reason
+        elif isinstance(exc, TimeoutError | PoolTimeoutError):
+            logger.warning("database unavailable: %s: %s", type(exc).__name__, exc)
+            reason = "PostgreSQL did not answer in time"
+        else:
+            logger.warning("database unavailable: %s: %s", type(exc).__name__, exc)
+            reason = "the connection to PostgreSQL failed"
         return envelope(
             503,
-            "The database is unavailable; retry shortly",
+            f"The database is unavailable ({reason}); retry shortly",
             "DATABASE_UNAVAILABLE",
+            {"reason": reason},
             headers={"Retry-After": "5"},
         )
 
-    for kind in (DatabaseConnectionError, OperationalError, InterfaceError, PoolTimeoutError):
+    # Timeouts reaching a route come from the database (a statement past its deadline);
+    # the checkpointer's psycopg pool reports lost connections and pool timeouts this way.
+    for kind in (
+        DatabaseConnectionError,
+        OperationalError,
+        InterfaceError,
+        PoolTimeoutError,
+        TimeoutError,
+        psycopg.OperationalError,
+    ):
         app.add_exception_handler(kind, unavailable)
 
     for kind in (
         asyncpg.exceptions.PostgresConnectionError,
         asyncpg.exceptions.InterfaceError,
         asyncpg.exceptions.CannotConnectNowError,
+        # A pooled connection caught while its backend was going away (nothing was sent).
+        asyncpg.exceptions.InternalClientError,
     ):
         app.add_exception_handler(kind, unavailable)
 
@@ -156,7 +182,11 @@ def configure_exception_handlers(app: FastAPI) -> None:
                 "INVALID_DATA",
                 {"sqlstate": code},
             )
-        if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        if (
+            (isinstance(exc, DBAPIError) and exc.connection_invalidated)
+            or code in UNAVAILABLE_SQLSTATES
+            or (code is not None and code.startswith(CONNECTION_EXCEPTION_CLASS))
+        ):
             return await unavailable(request, exc)
         logger.exception("database error on %s %s", request.method, request.url.path)
         return envelope(500, "Internal server error", "INTERNAL_ERROR")

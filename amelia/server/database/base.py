@@ -16,10 +16,11 @@ from contextlib import asynccontextmanager
 from typing import Any, Self
 
 import asyncpg
+from sqlalchemy import Select
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.util import greenlet_spawn
 
-from amelia.server.database.connection import Database
+from amelia.server.database.connection import Database, DatabaseConnectionError
 from amelia.server.database.errors import translate_integrity_errors
 from amelia.server.database.fast_query import FastQuery
 
@@ -28,6 +29,11 @@ _CONNECTION_LOST: tuple[type[BaseException], ...] = (
     OSError,
     asyncpg.exceptions.PostgresConnectionError,
     asyncpg.exceptions.InterfaceError,
+    # FATAL errors of a backend going away (57P01-03): the socket may not look closed yet.
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.InternalClientError,  # caught mid-way through going away
 )
 
 
@@ -72,8 +78,9 @@ class RepositoryBase:
         raw = await self._db.engine.raw_connection()
         try:
             yield raw.driver_connection
-        except _CONNECTION_LOST:
-            await greenlet_spawn(raw.invalidate)
+        except _CONNECTION_LOST as exc:
+            # Passing the error lets the pool's listeners see why (a timeout is an outage).
+            await greenlet_spawn(raw.invalidate, exc)
             raise
         finally:
             # Check-in may close an overflow connection, which is I/O: it must run inside
@@ -99,8 +106,19 @@ class RepositoryBase:
             arguments = compiled.arguments(values)
             for listener in self._db.direct_statement_listeners:
                 listener(compiled.sql, tuple(arguments))
-            async with self._driver() as driver:
-                records = await driver.fetch(compiled.sql, *arguments)
+            try:
+                async with self._driver() as driver:
+                    records = await driver.fetch(compiled.sql, *arguments)
+            except _CONNECTION_LOST as exc:
+                # A read on a connection that died under it (restart, terminated backend)
+                # runs again on a fresh one: nothing to undo. Not a timeout (the database
+                # is unreachable), not on a connection the caller holds.
+                if held is not None or not isinstance(query.statement, Select):
+                    raise
+                if isinstance(exc, TimeoutError | DatabaseConnectionError):
+                    raise
+                async with self._driver() as driver:
+                    records = await driver.fetch(compiled.sql, *arguments)
             return compiled.rows(records)
 
     async def _fast_one(

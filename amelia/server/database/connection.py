@@ -2,6 +2,15 @@
 
 Single-statement work runs on an AUTOCOMMIT connection (one round trip: no BEGIN/COMMIT around
 it); several statements that must commit together run in `transaction()`. Both share one pool.
+
+Faults are survived here, below every repository:
+- every statement has a client-side deadline (the statement timeout plus one second): a
+  statement that gets no answer by then never will (the link is gone), so its connection is
+  discarded rather than pooled again, and the database is reported unreachable;
+- a pooled connection the server closed while it sat idle (restart, terminated backend) is
+  replaced on checkout, at no cost (no round trip; see lost_connections.py);
+- new connections pass the `Availability` gate: during a restart they wait for the server
+  (up to the pool timeout), when it is unreachable they fail at once with a 503.
 """
 
 from __future__ import annotations
@@ -9,17 +18,42 @@ from __future__ import annotations
 import logging
 import socket
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from types import TracebackType
 from typing import Any, Self
 
-from sqlalchemy import text
+import asyncpg
+from sqlalchemy import event, text
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
 from amelia.server.config import ServerConfig, redact_url, sqlalchemy_url
+from amelia.server.database.availability import (
+    Availability,
+    DatabaseConnectionError,
+    DatabaseUnavailableError,
+)
+from amelia.server.database.lost_connections import (
+    DRIVER_LOST,
+    connection_lost,
+    discard,
+    on_error,
+    retry_if_connection_lost,
+    server_spoke,
+)
 from amelia.server.database.types import json_dumps
+
+__all__ = [
+    "Database",
+    "DatabaseConnectionError",
+    "DatabaseUnavailableError",
+    "connection_lost",
+    "describe_connection_failure",
+    "retry_if_connection_lost",
+]
+
 
 logger = logging.getLogger(__name__)
 
@@ -30,10 +64,6 @@ _INVALID_PASSWORD = "28P01"
 _INVALID_AUTHORIZATION = "28000"
 _INVALID_CATALOG = "3D000"
 _CANNOT_CONNECT_NOW = "57P03"
-
-
-class DatabaseConnectionError(ConnectionError):
-    """The database cannot be reached or refused us; the message says what to change."""
 
 
 def _sqlstate(exc: BaseException) -> str | None:
@@ -89,8 +119,8 @@ class Database:
 
     Args:
         database_url: a `postgresql://` (or `postgres://`) URL; the asyncpg driver is implied.
-        min_size: connections kept open (`pool_size`).
-        max_size: upper bound on open connections (`pool_size + max_overflow`).
+        min_size: connections opened at start (the pool keeps every connection it opens).
+        max_size: upper bound on open connections (SQLAlchemy `pool_size`, no overflow).
         pool_timeout: seconds to wait for a free connection before failing.
         connect_timeout: seconds to wait for a new connection to open.
         statement_timeout_ms: server-side statement timeout; 0 disables it.
@@ -120,6 +150,9 @@ class Database:
         self._application_name = application_name
         self._engine: AsyncEngine | None = None
         self._autocommit: AsyncEngine | None = None
+        self._connect_params: dict[str, Any] = {}
+        # A restart is waited out for as long as a free connection would be.
+        self._availability = Availability(self._probe, wait_s=pool_timeout)
         # Told the SQL of each statement that bypasses SQLAlchemy's execution layer (the fast
         # read path), the way engine events are told of the others: tests count round trips.
         self.direct_statement_listeners: list[Callable[[str, tuple[Any, ...]], None]] = []
@@ -158,6 +191,11 @@ class Database:
     def is_connected(self) -> bool:
         return self._engine is not None
 
+    @property
+    def availability(self) -> Availability:
+        """The outage state of this database (a 503 is answered while it says so)."""
+        return self._availability
+
     async def connect(self) -> None:
         """Create the engine and prove a connection works.
 
@@ -167,25 +205,33 @@ class Database:
         """
         if self._engine is not None:
             return
-        # JIT compilation costs more than it saves for our short statements.
-        server_settings = {"application_name": self._application_name, "jit": "off"}
-        if self._statement_timeout_ms:
-            server_settings["statement_timeout"] = str(self._statement_timeout_ms)
         engine = create_async_engine(
             sqlalchemy_url(self._url),
-            pool_size=self._min_size,
-            max_overflow=self._max_size - self._min_size,
+            # Every connection opened is kept (up to max_size): an overflow connection that
+            # is closed on return must be opened again under the next burst, and opening
+            # one costs far more than the statement it serves. min_size are opened at start.
+            pool_size=self._max_size,
+            max_overflow=0,
             pool_timeout=self._pool_timeout,
-            # No pre-ping: it costs a round trip on every checkout. Dead connections are
-            # detected on use and invalidated; connections are recycled by age.
+            # No pre-ping: it costs a round trip on every checkout. Connections the server
+            # closed are replaced on checkout (`_on_checkout`), others that turn out dead
+            # are invalidated on use; connections are recycled by age.
             pool_pre_ping=False,
             pool_recycle=1800,
             json_serializer=json_dumps,
-            connect_args={"server_settings": server_settings, "timeout": self._connect_timeout},
+            async_creator=self._open_connection,
         )
+        _, params = engine.dialect.create_connect_args(engine.url)
+        self._connect_params = dict(params)
+        event.listen(engine.sync_engine.pool, "checkout", self._on_checkout)
+        event.listen(engine.sync_engine.pool, "invalidate", self._on_invalidate)
+        event.listen(engine.sync_engine, "handle_error", on_error)
         try:
-            async with engine.connect() as conn:
-                await conn.execute(text("SELECT 1"))
+            async with AsyncExitStack() as warm:
+                # Prove a connection works, and open the first min_size together.
+                for _ in range(max(self._min_size, 1)):
+                    conn = await warm.enter_async_context(engine.connect())
+                    await conn.execute(text("SELECT 1"))
         except (DBAPIError, OSError, TimeoutError) as exc:
             await engine.dispose()
             raise describe_connection_failure(exc, self._url) from exc
@@ -193,8 +239,68 @@ class Database:
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         logger.info("connected to %s", self.redacted_url)
 
+    def _connect_kwargs(self, timeout: float) -> dict[str, Any]:
+        # JIT compilation costs more than it saves for our short statements.
+        server_settings = {"application_name": self._application_name, "jit": "off"}
+        kwargs: dict[str, Any] = {**self._connect_params, "timeout": timeout}
+        if self._statement_timeout_ms:
+            server_settings["statement_timeout"] = str(self._statement_timeout_ms)
+            # The client-side deadline: by then the server has cancelled the statement
+            # itself, so no answer means the link or the server is gone.
+            kwargs["command_timeout"] = self._statement_timeout_ms / 1000 + 1
+        kwargs["server_settings"] = server_settings
+        return kwargs
+
+    async def _open_connection(self) -> Any:
+        """The pool's creator: a new asyncpg connection, through the availability gate."""
+        if self._engine is None:
+            # Start-up: no waiting, the caller reports what is wrong right away.
+            return await asyncpg.connect(**self._connect_kwargs(self._connect_timeout))
+        while True:
+            await self._availability.admit()
+            try:
+                conn = await asyncpg.connect(**self._connect_kwargs(self._connect_timeout))
+            except Exception as exc:
+                if not self._availability.report(exc):
+                    raise describe_connection_failure(exc, self._url) from exc
+                continue  # admit() waits for a restart to end, or refuses
+            self._availability.confirm()
+            return conn
+
+    async def _probe(self) -> None:
+        conn = await asyncpg.connect(**self._connect_kwargs(self._connect_timeout))
+        try:
+            await conn.fetchval("SELECT 1")
+        finally:
+            await conn.close(timeout=self._connect_timeout)
+
+    def _on_checkout(
+        self, dbapi_connection: Any, record: ConnectionPoolEntry, proxy: PoolProxiedConnection
+    ) -> None:
+        driver = dbapi_connection.driver_connection
+        if driver.is_closed() or server_spoke(driver):
+            # The server closed it while it sat in the pool (restart, terminated backend):
+            # the pool replaces it with a new one, the caller never sees it.
+            raise DisconnectionError("connection closed by the server while idle")
+        if self._availability.failing_fast:
+            # It may hang on its next statement; drop it now (no goodbye that could hang
+            # too) so the replacement attempt answers the caller with a 503 at once.
+            driver.terminate()
+            raise DisconnectionError("the database is unavailable")
+
+    def _on_invalidate(
+        self, dbapi_connection: Any, record: ConnectionPoolEntry, exc: BaseException | None
+    ) -> None:
+        # A statement that got no answer in time: the database is unreachable. (A connection
+        # that merely died is no outage: the next connection attempt tells.) Drop the socket
+        # now: the pool's polite goodbye would wait for an answer too (up to 2 s).
+        if isinstance(exc, TimeoutError):
+            dbapi_connection.driver_connection.terminate()
+            self._availability.report(exc)
+
     async def close(self) -> None:
         """Dispose of the pool; never raises."""
+        await self._availability.close()
         engine, self._engine, self._autocommit = self._engine, None, None
         if engine is None:
             return
@@ -221,7 +327,14 @@ class Database:
         if self._autocommit is None:
             raise RuntimeError("Database is not connected; call connect() first")
         async with self._autocommit.connect() as conn:
-            yield conn
+            try:
+                yield conn
+            except DRIVER_LOST as exc:
+                # Statements run straight on the driver (the fast path) bypass SQLAlchemy's
+                # own checks: a connection that lost its statement must not be pooled again.
+                if not isinstance(exc, DatabaseConnectionError):
+                    await discard(conn, exc)
+                raise
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection]:
@@ -230,8 +343,22 @@ class Database:
         Commits when the block exits normally, rolls back when it raises. Statements must be
         issued on the yielded connection.
         """
-        async with self.engine.begin() as conn:
-            yield conn
+        async with self.engine.connect() as conn:
+            trans = await conn.begin()
+            try:
+                yield conn
+            except DRIVER_LOST as exc:
+                if isinstance(exc, DatabaseConnectionError):  # a nested checkout failed
+                    await trans.rollback()
+                else:
+                    await discard(conn, exc)  # a ROLLBACK would wait behind the lost statement
+                raise
+            except BaseException:
+                if trans.is_active:
+                    await trans.rollback()
+                raise
+            if trans.is_active:  # the caller may have rolled it back itself
+                await trans.commit()
 
     async def is_healthy(self) -> bool:
         """True when a round trip to the server succeeds."""

@@ -29,9 +29,10 @@ from sqlalchemy.sql.expression import ColumnElement, Executable
 from amelia.server.database.base import RepositoryBase
 from amelia.server.database.errors import translate_integrity_errors
 from amelia.server.database.fast_query import FastQuery
+from amelia.server.database.lost_connections import retry_if_connection_lost
 from amelia.server.database.schema import workflow_log, workflows
 from amelia.server.database.types import json_dumps
-from amelia.server.exceptions import WorkflowNotFoundError
+from amelia.server.exceptions import FencedOutError, WorkflowNotFoundError
 from amelia.server.models.events import PERSISTED_TYPES, EventLevel, WorkflowEvent
 
 logger = logging.getLogger(__name__)
@@ -146,7 +147,9 @@ _wl = workflow_log
 _EVENT_COLUMNS = tuple(_wl.c[name] for name in _STORED_FIELDS)
 
 
-def _insert_event(next_sequence: ColumnElement[int], *, keep_given: bool) -> Executable:
+def _insert_event(
+    next_sequence: ColumnElement[int], *, keep_given: bool, fenced: bool = False
+) -> Executable:
     """WITH seq AS (UPDATE workflows ... RETURNING) INSERT INTO workflow_log ... RETURNING.
 
     `next_sequence` is the counter's new value (an expression over `workflows` columns); the
@@ -158,13 +161,16 @@ def _insert_event(next_sequence: ColumnElement[int], *, keep_given: bool) -> Exe
     error aborting the statement (and the caller's transaction, on a held connection).
 
     Parameters are named `ev_*`: SQLAlchemy turns an execution parameter named like a column
-    of an UPDATE's table (`id`) into an extra SET clause.
+    of an UPDATE's table (`id`) into an extra SET clause. `fenced` adds the run's fencing
+    number to the UPDATE: a run that lost its workflow to another process inserts nothing.
     """
+    guard = [workflows.c.fence == bindparam("ev_fence")] if fenced else []
     seq = (
         update(workflows)
         .where(
             workflows.c.id == bindparam("ev_workflow_id"),
             ~exists().where(_wl.c.id == bindparam("ev_id")),
+            *guard,
         )
         .values(event_sequence=next_sequence)
         .returning(workflows.c.event_sequence)
@@ -194,25 +200,37 @@ def _insert_event(next_sequence: ColumnElement[int], *, keep_given: bool) -> Exe
     )
 
 
-# sequence 0: the next number.
-_INSERT_ALLOCATED = _insert_event(workflows.c.event_sequence + 1, keep_given=False)
-# A caller-given sequence: kept, and the counter raised so later allocations stay above it.
-_INSERT_GIVEN = _insert_event(
-    func.greatest(workflows.c.event_sequence, bindparam("ev_sequence", type_=_wl.c.sequence.type)),
-    keep_given=True,
-)
-# After a clash: the next number above both the counter and the log (rows written around the
-# counter, e.g. by a bulk import, cannot make this clash again).
-_INSERT_RESYNCED = _insert_event(
-    func.greatest(
-        workflows.c.event_sequence,
-        select(func.coalesce(func.max(_wl.c.sequence), 0))
-        .where(_wl.c.workflow_id == bindparam("ev_workflow_id"))
-        .scalar_subquery(),
+def _insert_statements(fenced: bool) -> tuple[Executable, Executable, Executable]:
+    """(allocated, given, resynced) inserts, with or without the run's fence."""
+    # sequence 0: the next number.
+    allocated = _insert_event(workflows.c.event_sequence + 1, keep_given=False, fenced=fenced)
+    # A caller-given sequence: kept, and the counter raised so later allocations stay above it.
+    given = _insert_event(
+        func.greatest(
+            workflows.c.event_sequence, bindparam("ev_sequence", type_=_wl.c.sequence.type)
+        ),
+        keep_given=True,
+        fenced=fenced,
     )
-    + 1,
-    keep_given=False,
-)
+    # After a clash: the next number above both the counter and the log (rows written around
+    # the counter, e.g. by a bulk import, cannot make this clash again).
+    resynced = _insert_event(
+        func.greatest(
+            workflows.c.event_sequence,
+            select(func.coalesce(func.max(_wl.c.sequence), 0))
+            .where(_wl.c.workflow_id == bindparam("ev_workflow_id"))
+            .scalar_subquery(),
+        )
+        + 1,
+        keep_given=False,
+        fenced=fenced,
+    )
+    return allocated, given, resynced
+
+
+_INSERT_ALLOCATED, _INSERT_GIVEN, _INSERT_RESYNCED = _insert_statements(fenced=False)
+_FENCED_INSERTS = _insert_statements(fenced=True)
+_FENCE_OF = select(workflows.c.fence).where(workflows.c.id == bindparam("ev_workflow_id"))
 
 # Why nothing was inserted: does the workflow exist, and is this event id already stored?
 # Always exactly one row (the stored event's columns are NULL when there is none).
@@ -258,9 +276,11 @@ _RECENT_EVENTS = (
 _FAST_RECENT_EVENTS = FastQuery(_RECENT_EVENTS)
 _FAST_INSERT_GIVEN = FastQuery(_INSERT_GIVEN)
 _FAST_INSERT_ALLOCATED = FastQuery(_INSERT_ALLOCATED)
+_FAST_FENCED_INSERT_ALLOCATED = FastQuery(_FENCED_INSERTS[0])
+_FAST_FENCED_INSERT_GIVEN = FastQuery(_FENCED_INSERTS[1])
 
 
-def _row_to_event(row: Mapping[Any, Any]) -> WorkflowEvent:
+def row_to_event(row: Mapping[Any, Any]) -> WorkflowEvent:
     """A `workflow_log` row as a `WorkflowEvent` (trace-only fields take their defaults)."""
     return WorkflowEvent(
         id=row["id"],
@@ -285,7 +305,8 @@ def _as_stored(event: WorkflowEvent, stored: WorkflowEvent) -> WorkflowEvent:
 class EventLogMixin(RepositoryBase):
     """Event-log methods of `WorkflowRepository` (spec data-layer.md 4.1 items 13-17)."""
 
-    async def save_event(self, event: WorkflowEvent) -> WorkflowEvent:
+    @retry_if_connection_lost()  # idempotent by event id: a restart must not lose it
+    async def save_event(self, event: WorkflowEvent, *, fence: int | None = None) -> WorkflowEvent:
         """Persist an event of a persisted type and return it as stored.
 
         Types outside `PERSISTED_TYPES` are returned unchanged without touching the database.
@@ -305,8 +326,12 @@ class EventLogMixin(RepositoryBase):
             The event with the stored columns (sequence, level, cleaned/truncated message and
             data, UTC timestamp); trace-only fields are kept from `event`.
 
+            fence: the writing run's fencing number (see run_leases.py): the event is
+                stored only while the workflow row still carries it.
+
         Raises:
             WorkflowNotFoundError: no workflow has `event.workflow_id`.
+            FencedOutError: `fence` is given and the workflow carries another one.
         """
         if event.event_type not in PERSISTED_TYPES:
             return event
@@ -323,14 +348,19 @@ class EventLogMixin(RepositoryBase):
             "ev_is_error": event.is_error,
         }
         given = event.sequence > 0
+        if fence is None:
+            fast = _FAST_INSERT_GIVEN if given else _FAST_INSERT_ALLOCATED
+            statement, resynced = (_INSERT_GIVEN if given else _INSERT_ALLOCATED), _INSERT_RESYNCED
+        else:
+            params["ev_fence"] = fence
+            fast = _FAST_FENCED_INSERT_GIVEN if given else _FAST_FENCED_INSERT_ALLOCATED
+            statement = _FENCED_INSERTS[1] if given else _FENCED_INSERTS[0]
+            resynced = _FENCED_INSERTS[2]
         # The common case, one round trip on the fast path; the rest only when it inserted
-        # nothing (already stored, unknown workflow, or a taken number).
-        first = await self._fast_one(
-            _FAST_INSERT_GIVEN if given else _FAST_INSERT_ALLOCATED, params
-        )
+        # nothing (already stored, unknown workflow, a stale fence, or a taken number).
+        first = await self._fast_one(fast, params)
         if first is not None:
-            return _as_stored(event, _row_to_event(first))
-        statement = _INSERT_GIVEN if given else _INSERT_ALLOCATED
+            return _as_stored(event, row_to_event(first))
         async with self._connect() as conn:
             for _attempt in range(_SAVE_ATTEMPTS):
                 stored = await _insert(conn, statement, params)
@@ -338,9 +368,11 @@ class EventLogMixin(RepositoryBase):
                     return _as_stored(event, stored)
                 probe = (await conn.execute(_PROBE, params)).mappings().one()
                 if probe["id"] is not None:
-                    return _as_stored(event, _row_to_event(probe))
+                    return _as_stored(event, row_to_event(probe))
                 if not probe["workflow_exists"]:
                     raise WorkflowNotFoundError(event.workflow_id)
+                if fence is not None and await conn.scalar(_FENCE_OF, params) != fence:
+                    raise FencedOutError(event.workflow_id, fence)
                 logger.warning(
                     "event %s: %s of workflow %s is taken by another event; "
                     "allocating a fresh number",
@@ -348,7 +380,7 @@ class EventLogMixin(RepositoryBase):
                     f"sequence {event.sequence}" if event.sequence else "the next sequence",
                     event.workflow_id,
                 )
-                statement = _INSERT_RESYNCED
+                statement = resynced
         raise RuntimeError(
             f"could not allocate a sequence for event {event.id} of workflow "
             f"{event.workflow_id} after {_SAVE_ATTEMPTS} attempts"
@@ -390,7 +422,7 @@ class EventLogMixin(RepositoryBase):
             raise ValueError(f"event {since_event_id} not found")
         if limit <= 0:
             return []
-        return [_row_to_event(row) for row in rows if row["id"] is not None]
+        return [row_to_event(row) for row in rows if row["id"] is not None]
 
     async def get_recent_events(
         self, workflow_id: uuid.UUID, limit: int = 50
@@ -409,7 +441,7 @@ class EventLogMixin(RepositoryBase):
         rows = await self._fast_all(
             _FAST_RECENT_EVENTS, {"workflow_id": workflow_id, "limit": limit}
         )
-        return [_row_to_event(row) for row in reversed(rows)]
+        return [row_to_event(row) for row in reversed(rows)]
 
 
 async def _insert(
@@ -418,4 +450,4 @@ async def _insert(
     """Run one insert statement; the stored event, or None when nothing was inserted."""
     with translate_integrity_errors():
         row = (await conn.execute(statement, params)).mappings().first()
-    return None if row is None else _row_to_event(row)
+    return None if row is None else row_to_event(row)

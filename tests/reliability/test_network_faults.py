@@ -1,0 +1,252 @@
+"""Network faults between the server and PostgreSQL, through a TCP proxy of our own.
+
+- 2 s added to every round trip: the p95 latency stays under the pool timeout, no errors.
+- A 60 s blackhole: requests fail fast with a 503 that says why (the first ones within the
+  statement timeout plus one second, the rest at once), never hang; within 10 s of healing
+  the server answers again, then every request succeeds.
+- Every idle pooled connection reset: the next request of every kind succeeds, including a
+  checkpoint write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+
+from bench.reliability_report import ScenarioResult, record
+from tests.reliability.conftest import PacedAgents
+from tests.reliability.integrity import missing_profiles, wait_status
+from tests.reliability.load import (
+    Load,
+    Outcome,
+    Workload,
+    failures,
+    first_success_after,
+    http,
+    in_a_row,
+    percentile,
+    send,
+)
+from tests.reliability.owned_pg import OwnedPostgres, observer
+from tests.reliability.server import (
+    Server,
+    git_dir,
+    queue_workflow,
+    use_agents,
+    wait_pools_idle,
+)
+from tests.reliability.tcp_proxy import TcpProxy
+
+STATEMENT_TIMEOUT_MS = 5000
+POOL_TIMEOUT_S = 10.0
+LATENCY_S = 2.0
+BLACKHOLE_S = 60.0
+RECOVERY_BOUND_S = 10.0
+POOL_SIZE = 6
+WARM_UP_S = 8.0
+
+
+@asynccontextmanager
+async def proxied_server(
+    owned_pg: OwnedPostgres, database: str, directory: Path
+) -> AsyncIterator[tuple[Server, TcpProxy]]:
+    async with TcpProxy("127.0.0.1", owned_pg.port) as proxy:
+        server = Server(
+            owned_pg.url(database, port=proxy.port),
+            directory,
+            db_statement_timeout_ms=STATEMENT_TIMEOUT_MS,
+            db_pool_timeout_seconds=POOL_TIMEOUT_S,
+            db_pool_min_size=POOL_SIZE,
+            db_pool_max_size=POOL_SIZE,
+        )
+        await server.start()
+        try:
+            yield server, proxy
+        finally:
+            proxy.heal()
+            await server.stop()
+
+
+async def warm_up(client: httpx.AsyncClient, workload: Workload) -> None:
+    """Every pooled connection opened and every statement of the mix prepared on it."""
+    load = Load(client, workload.requests(), workers=POOL_SIZE, pause=0).start()
+    await asyncio.sleep(WARM_UP_S)
+    outcomes = await load.stop()
+    assert failures(outcomes) == []
+
+
+async def test_two_seconds_of_added_latency(
+    owned_pg: OwnedPostgres, scenario_db: str, agents: PacedAgents, tmp_path: Path
+) -> None:
+    async with proxied_server(owned_pg, scenario_db, tmp_path / "server") as (server, proxy):
+        async with http(server.url, timeout=60) as client:
+            await use_agents(client, agents, tmp_path)
+            workload = Workload(await queue_workflow(client, tmp_path / "anchor", "ANCHOR"))
+            await warm_up(client, workload)
+            proxy.latency_s = LATENCY_S
+            load = Load(client, workload.requests(), workers=2).start()
+            await asyncio.sleep(30.0)
+            outcomes = await load.stop()
+            proxy.latency_s = 0.0
+            verify = await in_a_row(client, workload.requests(), 100)
+            pools = await wait_pools_idle(client)
+        async with await observer(owned_pg.url(scenario_db)) as watcher:
+            missing = await missing_profiles(watcher, workload.acknowledged)
+
+    seconds = [o.seconds for o in outcomes]
+    p95 = percentile(seconds, 0.95)
+    record(
+        ScenarioResult(
+            scenario="network_latency",
+            fault=f"{LATENCY_S:.0f} s added to every round trip for 30 s",
+            requests_sent=len(outcomes) + len(verify),
+            failed_during_fault=len(failures(outcomes)),
+            failed_after_healing=len(failures(verify)),
+            recovery_s=None,
+            rows_checked=len(workload.acknowledged),
+            rows_lost=missing,
+            details={
+                "p50": f"{percentile(seconds, 0.5):.2f} s",
+                "p95": f"{p95:.2f} s (pool timeout {POOL_TIMEOUT_S:.0f} s)",
+                "max": f"{max(seconds):.2f} s",
+            },
+        )
+    )
+    assert len(outcomes) >= 10
+    assert failures(outcomes) == []
+    assert p95 < POOL_TIMEOUT_S
+    assert failures(verify) == []
+    assert pools == (0, 0)
+    assert missing == 0
+
+
+async def test_a_sixty_second_blackhole(
+    owned_pg: OwnedPostgres, scenario_db: str, agents: PacedAgents, tmp_path: Path
+) -> None:
+    deadline_s = STATEMENT_TIMEOUT_MS / 1000 + 1
+    async with proxied_server(owned_pg, scenario_db, tmp_path / "server") as (server, proxy):
+        async with http(server.url, timeout=120) as client:
+            await use_agents(client, agents, tmp_path)
+            workload = Workload(await queue_workflow(client, tmp_path / "anchor", "ANCHOR"))
+            await warm_up(client, workload)
+            load = Load(client, workload.requests(), workers=4).start()
+            await asyncio.sleep(1.0)
+            proxy.blackhole()
+            blackholed = time.monotonic()
+            await asyncio.sleep(BLACKHOLE_S)
+            proxy.heal()
+            healed = time.monotonic()
+            recovery = await first_success_after(
+                client, workload.list_workflows, healed, RECOVERY_BOUND_S + 5
+            )
+            outcomes = await load.stop()
+            verify = await in_a_row(client, workload.requests(), 100)
+            pools = await wait_pools_idle(client)
+        async with await observer(owned_pg.url(scenario_db)) as watcher:
+            missing = await missing_profiles(watcher, workload.acknowledged)
+
+    # Every request the blackhole touched: those in flight when it began (the first wave:
+    # their statements never get an answer) and those sent during it.
+    during = [o for o in outcomes if o.ended > blackholed + 0.1 and o.started < healed]
+    first_wave = [o for o in during if o.started < blackholed + 0.1]
+    later = [o for o in during if o.started >= blackholed + deadline_s]
+    slowest = max(o.seconds for o in during)
+    record(
+        ScenarioResult(
+            scenario="network_blackhole",
+            fault=f"no packet delivered either way for {BLACKHOLE_S:.0f} s",
+            requests_sent=len(outcomes) + len(verify),
+            failed_during_fault=len(failures(outcomes)),
+            failed_after_healing=len(failures(verify)),
+            recovery_s=round(recovery, 3),
+            rows_checked=len(workload.acknowledged),
+            rows_lost=missing,
+            details={
+                "requests during the blackhole": len(during),
+                "in flight when it began": len(first_wave),
+                "slowest failure": f"{slowest:.2f} s (statement deadline {deadline_s:.0f} s)",
+                "p95 failure after the first wave": (
+                    f"{percentile([o.seconds for o in later], 0.95) * 1000:.0f} ms"
+                ),
+            },
+        )
+    )
+    # Failing fast: nothing outlives the statement deadline (plus the 2 s of a pool wait
+    # woken by the lost connection's replacement), and once the outage is known, at once.
+    assert all(o.status == 503 and reason_is_clear(o) for o in failures(during))
+    assert failures(first_wave) == first_wave  # in flight when it began: no answer came
+    assert all(o.status == 503 for o in during if o.started > blackholed + 0.1)
+    assert slowest < deadline_s + 2, slowest
+    assert len(later) > 100
+    assert percentile([o.seconds for o in later], 0.95) < 0.5
+    assert len(first_wave) >= 1
+    assert recovery < RECOVERY_BOUND_S
+    assert failures(verify) == []
+    assert pools == (0, 0)
+    assert missing == 0
+
+
+def reason_is_clear(outcome: Outcome) -> bool:
+    return outcome.error == "DATABASE_UNAVAILABLE"
+
+
+async def test_resetting_every_idle_pooled_connection(
+    owned_pg: OwnedPostgres, scenario_db: str, agents: PacedAgents, tmp_path: Path
+) -> None:
+    async with proxied_server(owned_pg, scenario_db, tmp_path / "server") as (server, proxy):
+        async with http(server.url, timeout=60) as client:
+            await use_agents(client, agents, tmp_path)
+            workload = Workload(await queue_workflow(client, tmp_path / "anchor", "ANCHOR"))
+            blocked_id = (
+                await client.post(
+                    "/api/workflows",
+                    json={"issue_id": "RESET-1", "worktree_path": git_dir(tmp_path / "w")},
+                )
+            ).json()["id"]
+            await wait_status(client, blocked_id, "blocked")
+            await warm_up(client, workload)
+            await wait_pools_idle(client)
+            await asyncio.sleep(0.5)
+            reset = proxy.reset_idle(0.3)
+            # The very next request of every kind, one after another, then a checkpoint
+            # write (approving writes the decision into the workflow's checkpoint).
+            outcomes = [
+                await send(client, kind, request, 0) for kind, request in workload.requests()
+            ]
+            approve = await client.post(f"/api/workflows/{blocked_id}/approve")
+            outcomes.append(
+                Outcome(
+                    "approve",
+                    0.0,
+                    0.0,
+                    approve.status_code,
+                    None if approve.is_success else approve.text,
+                )
+            )
+            done = await wait_status(client, blocked_id, "completed")
+            verify = await in_a_row(client, workload.requests(), 100)
+        async with await observer(owned_pg.url(scenario_db)) as watcher:
+            missing = await missing_profiles(watcher, workload.acknowledged)
+
+    record(
+        ScenarioResult(
+            scenario="network_idle_reset",
+            fault="every idle pooled connection reset (RST) by the network",
+            requests_sent=len(outcomes) + len(verify),
+            failed_during_fault=len(failures(outcomes)),
+            failed_after_healing=len(failures(verify)),
+            recovery_s=0.0,
+            rows_checked=len(workload.acknowledged) + 1,
+            rows_lost=missing + (done["status"] != "completed"),
+            details={"connections reset": reset},
+        )
+    )
+    assert reset >= POOL_SIZE  # the SQLAlchemy pool's and the checkpointer's
+    assert failures(outcomes) == [], failures(outcomes)
+    assert failures(verify) == []
+    assert missing == 0
