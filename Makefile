@@ -4,8 +4,11 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 COMPOSE ?= docker compose
+# The dashboard tests drive Debian's chromium (a Playwright browser download fails here).
+CHROMIUM ?= /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install test test-fast lint format typecheck migrate serve db-up db-down bench clean
+.PHONY: install test test-reliability test-fast lint format typecheck migrate serve db-up db-down bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -13,10 +16,21 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP)  ## Create .venv and install Amelia with its dev tools
+$(CHROMIUM):
+	@if command -v apt-get >/dev/null 2>&1; then \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else \
+	  echo "no $(CHROMIUM) and no apt-get: install chromium, or the browser tests skip"; \
+	fi
 
-test: $(STAMP)  ## Run the whole test suite against real PostgreSQL
+install: $(STAMP) $(CHROMIUM)  ## Create .venv, install Amelia with its dev tools, and chromium
+
+test: $(STAMP) $(CHROMIUM)  ## Run the whole test suite against real PostgreSQL
 	$(BIN)/pytest -q
+
+test-reliability: $(STAMP)  ## Fault suite (restarts, kills, network faults, bad input); ~6 min
+	$(BIN)/pytest -q tests/reliability
 
 test-fast: $(STAMP)  ## Everything except the slow process/race tests
 	$(BIN)/pytest -q -m "not slow"

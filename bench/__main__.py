@@ -1,6 +1,6 @@
 """`python -m bench [suite ...]`: run benchmarks and write the results files.
 
-Suites: repositories, checkpoints, api (default: all). The database server is
+Suites: repositories, checkpoints, api, cluster (default: all). The database server is
 AMELIA_BENCH_DATABASE_URL, else AMELIA_TEST_DATABASE_URL, else testcontainers or the
 embedded PostgreSQL.
 """
@@ -16,7 +16,7 @@ from bench import report
 from bench.common import bench_database, machine_facts, save_section
 from bench.seed import seed
 
-SUITES = ("repositories", "checkpoints", "api")
+SUITES = ("repositories", "checkpoints", "api", "cluster")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,6 +58,12 @@ def main(argv: list[str] | None = None) -> int:
         with bench_database() as url, tempfile.TemporaryDirectory() as scratch:
             print("measuring checkpoint growth ...", flush=True)
             save_section("checkpoint_growth", asyncio.run(checkpoint_growth.run(url, scratch)))
+    if "cluster" in suites:
+        from bench import cluster
+
+        with bench_database() as url:
+            print("claims and cross-process events ...", flush=True)
+            save_section("cluster", asyncio.run(cluster.run(url)))
     save_section("machine", machine_facts(facts_version))
     report.write()
     print(report.render())

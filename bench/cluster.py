@@ -6,8 +6,8 @@
   `EventRelay` (LISTEN, read back from the table, onto the bus) receives them. The delay is
   from the writer's commit (its clock) to the bus here (same machine clock).
 - Write throughput: writer processes save events as fast as they can for a few seconds,
-  once with no LISTEN session and once with three relays listening (and reading every
-  event back), alternating; the goal is at least 80% of the throughput without listeners.
+  with no LISTEN session, with one relay and with three relays listening (each reading
+  every event back), alternating; the goal is at least 80% of the throughput without.
 """
 
 from __future__ import annotations
@@ -176,23 +176,21 @@ async def run(url: str) -> dict[str, Any]:
     async with Database(url, min_size=1, max_size=8, application_name="amelia-bench") as db:
         claims = [await _claims(db, 1), await _claims(db, 8)]
         delay = await _delivery_delay(url, db)
-        without: list[float] = []
-        with_listeners: list[float] = []
+        rounds: dict[int, list[float]] = {0: [], 1: [], 3: []}
         for _ in range(ROUNDS):
-            without.append(await _throughput(url, db, 0))
-            with_listeners.append(await _throughput(url, db, 3))
-    base, listened = statistics.median(without), statistics.median(with_listeners)
+            for listeners, figures in rounds.items():
+                figures.append(await _throughput(url, db, listeners))
+    base = statistics.median(rounds[0])
     return {
         "claims": claims,
         "delivery": delay,
         "write_throughput": {
             "writers": THROUGHPUT_WRITERS,
             "seconds": THROUGHPUT_SECONDS,
-            "without_listeners_per_s": base,
-            "with_three_listeners_per_s": listened,
-            "ratio": listened / base,
-            "rounds_without": without,
-            "rounds_with": with_listeners,
+            "rounds": ROUNDS,
+            "per_s": {str(n): statistics.median(figures) for n, figures in rounds.items()},
+            "ratio": {str(n): statistics.median(figures) / base for n, figures in rounds.items()},
+            "all_rounds": {str(n): figures for n, figures in rounds.items()},
         },
     }
 
@@ -221,10 +219,12 @@ def render(section: dict[str, Any]) -> list[str]:
         f"**p50 {delivery['p50_ms']:.2f} ms, p99 {delivery['p99_ms']:.2f} ms** "
         f"(max {delivery['max_ms']:.1f} ms; {delivery['delivered']:,} delivered).",
         f"- Event writes, {throughput['writers']} writer processes for "
-        f"{throughput['seconds']:.0f} s (median of {len(throughput['rounds_with'])} rounds): "
-        f"{throughput['without_listeners_per_s']:,.0f}/s without listeners, "
-        f"{throughput['with_three_listeners_per_s']:,.0f}/s with three relays listening: "
-        f"**{throughput['ratio']:.0%}** (goal: at least 80%).",
+        f"{throughput['seconds']:.0f} s (median of {throughput['rounds']} rounds): "
+        f"{throughput['per_s']['0']:,.0f}/s without listeners; with one relay listening "
+        f"{throughput['per_s']['1']:,.0f}/s (**{throughput['ratio']['1']:.0%}**), with three "
+        f"{throughput['per_s']['3']:,.0f}/s (**{throughput['ratio']['3']:.0%}**); goal: at "
+        "least 80%. Every insert notifies, and PostgreSQL wakes each listening backend on "
+        "each such commit: on two shared cores that is what the listeners cost.",
         "",
     ]
     return lines

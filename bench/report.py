@@ -79,6 +79,14 @@ def render() -> str:
         from bench import api
 
         lines += api.render(results["api"])
+    if "cluster" in results:
+        from bench import cluster
+
+        lines += cluster.render(results["cluster"])
+    from bench import reliability_report
+
+    # Written by `make test-reliability`; kept when the benchmarks rewrite this file.
+    lines += reliability_report.render()
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -1,47 +1,41 @@
 """LangGraph checkpoints on PostgreSQL: the saver's tables, its own psycopg pool, its saver.
 
 The saver owns `checkpoints`, `checkpoint_blobs`, `checkpoint_writes`, `checkpoint_migrations`:
-its own `setup()` creates them (`amelia db upgrade`) and we read and delete only through its
-API (our one query is the start-up check of their version). `CheckpointStore`, opened in the
-app lifespan, owns a psycopg pool (the saver needs psycopg, not asyncpg) and a
-`PooledPostgresSaver`: the stock saver takes one asyncio lock around every call even on a
-pool, so concurrent workflows queue behind each other; ours gives each call its own connection.
+its own `setup()` creates them (`amelia db upgrade`) and everything else goes through the
+saver's API (our one query here is the start-up check of their version). `CheckpointStore`,
+opened in the app lifespan, owns a psycopg pool (the saver needs psycopg, not asyncpg) and a
+`PooledPostgresSaver` (`checkpoint_saver`): the stock saver takes one asyncio lock around every
+call even on a pool, so concurrent workflows queue behind each other; ours gives each call its
+own connection and writes the same rows in fewer statements.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from contextlib import asynccontextmanager
-from functools import partial
+from collections.abc import Iterable
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Self
 
 import psycopg
 from langchain_core.runnables import RunnableConfig
-from langgraph.checkpoint.base import (
-    ChannelVersions,
-    Checkpoint,
-    CheckpointMetadata,
-    CheckpointTuple,
-)
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from langgraph.checkpoint.serde.base import SerializerProtocol
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
-from psycopg import AsyncConnection, AsyncCursor
+from psycopg import AsyncConnection
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from sqlalchemy.engine import URL, make_url
 
+from amelia.server.checkpoint_saver import PooledPostgresSaver
+from amelia.server.cluster.fenced_saver import FencedSaver
 from amelia.server.config import ServerConfig, psycopg_conninfo, redact_url
 from amelia.server.database.connection import DatabaseConnectionError, describe_connection_failure
 from amelia.server.database.migrations import DEFAULT_LOCK_TIMEOUT_S, MIGRATION_LOCK_KEY
 
 logger = logging.getLogger(__name__)
-
-_T = TypeVar("_T")
 
 CHECKPOINT_SETUP_TABLES = ("checkpoints", "checkpoint_blobs", "checkpoint_writes")
 _VERSION_TABLE = "checkpoint_migrations"
@@ -61,14 +55,37 @@ async def setup_checkpoint_tables(conninfo: str) -> None:
         conninfo, autocommit=True, prepare_threshold=0, row_factory=dict_row
     )
     async with conn:
-        await conn.execute(
-            "SELECT set_config('lock_timeout', %s, false)", (f"{DEFAULT_LOCK_TIMEOUT_S}s",)
-        )
-        await conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
+        if await _saver_version(conn) >= len(AsyncPostgresSaver.MIGRATIONS) - 1:
+            return  # already current: several servers starting at once need no lock
+        # Wait for the lock by polling, never inside a statement: CREATE INDEX CONCURRENTLY
+        # in the holder waits for every open transaction, a blocked lock call included,
+        # which would deadlock two servers starting on a new database.
+        deadline = time.monotonic() + DEFAULT_LOCK_TIMEOUT_S
+        while True:
+            cur = await conn.execute("SELECT pg_try_advisory_lock(%s) AS ok", (MIGRATION_LOCK_KEY,))
+            row = await cur.fetchone()
+            if row is not None and row["ok"]:
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"another process held the migration lock for {DEFAULT_LOCK_TIMEOUT_S}s"
+                )
+            await asyncio.sleep(0.1)
         try:
             await AsyncPostgresSaver(conn).setup()
         finally:
             await conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
+
+
+async def _saver_version(conn: AsyncConnection[DictRow]) -> int:
+    """The saver's schema version in the database, -1 when its tables are not there."""
+    cur = await conn.execute("SELECT to_regclass(%s) IS NOT NULL AS present", (_VERSION_TABLE,))
+    row = await cur.fetchone()
+    if row is None or not row["present"]:
+        return -1
+    cur = await conn.execute("SELECT max(v) AS v FROM checkpoint_migrations")
+    row = await cur.fetchone()
+    return -1 if row is None or row["v"] is None else int(row["v"])
 
 
 class CheckpointSchemaError(RuntimeError):
@@ -113,122 +130,6 @@ def thread_config(workflow_id: uuid.UUID | str) -> RunnableConfig:
     return {"configurable": {"thread_id": thread_id_for(workflow_id)}}
 
 
-class ConnectionLost(psycopg.OperationalError):
-    """A pooled connection died under a saver call (terminated backend, server restart)."""
-
-
-class PooledPostgresSaver(AsyncPostgresSaver):
-    """`AsyncPostgresSaver` without the global lock when it runs on a connection pool.
-
-    Each call checks out its own pooled connection for the length of the call (for `alist`,
-    until the iteration ends), so calls from different workflows never share a connection
-    and need no serialising. On a single connection, or with a pipeline, the stock lock is
-    kept: a psycopg connection runs one statement at a time.
-
-    On a pool, `aput`, `aput_writes`, `aget_tuple` and `adelete_thread` run again on another
-    connection when theirs turns out to be dead (the pool discards it). They are safe to
-    repeat: the writes are upserts or ON CONFLICT DO NOTHING inserts, the delete is a delete.
-    That replaces a check round trip on every checkout.
-    """
-
-    def __init__(
-        self,
-        conn: AsyncConnection[DictRow] | AsyncConnectionPool[AsyncConnection[DictRow]],
-        pipe: psycopg.AsyncPipeline | None = None,
-        serde: SerializerProtocol | None = None,
-    ) -> None:
-        super().__init__(conn, pipe=pipe, serde=serde)
-        # Two in-process prunes of one thread fail each other (SerializationFailure); the
-        # stock lock used to keep them apart, so prunes keep a lock of their own.
-        self._prune_lock = asyncio.Lock()
-
-    @property
-    def serialises_calls(self) -> bool:
-        """True when calls still queue behind the stock lock (single connection or pipeline)."""
-        return self.pipe is not None or not isinstance(self.conn, AsyncConnectionPool)
-
-    @asynccontextmanager
-    async def _cursor(self, *, pipeline: bool = False) -> AsyncIterator[AsyncCursor[DictRow]]:
-        if self.pipe is not None or not isinstance(self.conn, AsyncConnectionPool):
-            async with super()._cursor(pipeline=pipeline) as cur:
-                yield cur
-            return
-        # The same branches as the stock method, minus `self.lock`: the connection is ours
-        # alone until the block ends and goes back to the pool.
-        async with self.conn.connection() as conn:
-            try:
-                if not pipeline:
-                    async with conn.cursor(binary=True, row_factory=dict_row) as cur:
-                        yield cur
-                elif self.supports_pipeline:
-                    async with (
-                        conn.pipeline(),
-                        conn.cursor(binary=True, row_factory=dict_row) as cur,
-                    ):
-                        yield cur
-                else:
-                    async with (
-                        conn.transaction(),
-                        conn.cursor(binary=True, row_factory=dict_row) as cur,
-                    ):
-                        yield cur
-            except psycopg.OperationalError as exc:
-                if isinstance(exc, ConnectionLost) or not (conn.broken or conn.closed):
-                    raise
-                raise ConnectionLost(str(exc)) from exc
-
-    async def _retrying(self, call: Callable[[], Awaitable[_T]]) -> _T:
-        # Every pooled connection may be dead (server restart): allow one attempt per
-        # connection the pool can hold, plus one on a fresh connection.
-        attempts = self.conn.max_size + 1 if isinstance(self.conn, AsyncConnectionPool) else 1
-        for attempt in range(1, attempts + 1):
-            try:
-                return await call()
-            except ConnectionLost as exc:
-                if attempt == attempts:
-                    raise
-                logger.warning("checkpoint connection lost (%s); retrying", exc.__cause__)
-        raise AssertionError("unreachable")
-
-    async def aput(
-        self,
-        config: RunnableConfig,
-        checkpoint: Checkpoint,
-        metadata: CheckpointMetadata,
-        new_versions: ChannelVersions,
-    ) -> RunnableConfig:
-        """Save a checkpoint (see `AsyncPostgresSaver.aput`); retried on a dead connection."""
-        return await self._retrying(
-            partial(super().aput, config, checkpoint, metadata, new_versions)
-        )
-
-    async def aput_writes(
-        self,
-        config: RunnableConfig,
-        writes: Sequence[tuple[str, Any]],
-        task_id: str,
-        task_path: str = "",
-    ) -> None:
-        """Save a task's pending writes (see `AsyncPostgresSaver.aput_writes`); retried."""
-        await self._retrying(partial(super().aput_writes, config, writes, task_id, task_path))
-
-    async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
-        """Load a checkpoint (see `AsyncPostgresSaver.aget_tuple`); retried."""
-        return await self._retrying(partial(super().aget_tuple, config))
-
-    async def adelete_thread(self, thread_id: str) -> None:
-        """Delete a thread's rows in all three tables (see the stock method); retried."""
-        await self._retrying(partial(super().adelete_thread, thread_id))
-
-    async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
-        """Prune checkpoints of the given threads (see `AsyncPostgresSaver.aprune`).
-
-        In-process prunes run one at a time; other calls are not held up by them.
-        """
-        async with self._prune_lock:
-            await super().aprune(thread_ids, strategy=strategy)
-
-
 class CheckpointStore:
     """The checkpointer's psycopg pool and saver, opened and closed with the app.
 
@@ -247,6 +148,8 @@ class CheckpointStore:
         check_connections: also check each connection as it is checked out (one more round
             trip per call). Off by default: the saver already retries its calls on another
             connection when theirs is dead.
+        toast_compression: `default_toast_compression` of the pool's sessions when the server
+            supports it (`lz4`, `pglz`); None keeps the server's setting.
         serde: the saver's serializer; `checkpoint_serializer()` by default.
     """
 
@@ -262,6 +165,7 @@ class CheckpointStore:
         open_timeout: float = 10.0,
         pool_timeout: float = 10.0,
         check_connections: bool = False,
+        toast_compression: str | None = "lz4",
         serde: SerializerProtocol | None = None,
     ) -> None:
         if min_size > max_size:
@@ -273,6 +177,7 @@ class CheckpointStore:
         self._open_timeout = open_timeout
         self._pool_timeout = pool_timeout
         self._check_connections = check_connections
+        self._toast_compression = toast_compression
         self._serde = serde
         self._connect_kwargs: dict[str, Any] = {
             "autocommit": True,  # the saver's setup/pipelines expect it; one commit per call
@@ -339,6 +244,7 @@ class CheckpointStore:
             max_size=self._max_size,
             open=False,
             check=check,
+            configure=self._configure,
             name="amelia-checkpoints",
             timeout=self._pool_timeout,
         )
@@ -351,9 +257,22 @@ class CheckpointStore:
             await pool.close()
             raise await self._connection_error(exc) from exc
         self._pool = pool
-        self._saver = PooledPostgresSaver(pool, serde=self._serde or checkpoint_serializer())
+        # Fenced: inside a run, writes are refused once another process owns the run.
+        self._saver = FencedSaver(pool, serde=self._serde or checkpoint_serializer())
         logger.info("checkpoint pool open on %s (max %d)", self.redacted_url, self._max_size)
         return self._saver
+
+    async def _configure(self, conn: AsyncConnection[DictRow]) -> None:
+        # Checkpoint values are large: lz4 compresses them several times faster than the
+        # default pglz (pglz was a quarter of the server's CPU per write) and reads back the
+        # same for every client. A no-op when the server was built without the method.
+        if self._toast_compression:
+            method = self._toast_compression
+            await conn.execute(
+                "SELECT set_config('default_toast_compression', %s, false) FROM pg_settings "
+                "WHERE name = 'default_toast_compression' AND %s = ANY(enumvals)",
+                (method, method),
+            )
 
     async def _connection_error(self, exc: psycopg.OperationalError) -> DatabaseConnectionError:
         cause: BaseException = exc

@@ -102,8 +102,30 @@ class ServerConfig(BaseSettings):
         "(needed behind a transaction-mode pooler).",
     )
 
+    # Several server processes share one database: each running workflow has an owner whose
+    # lease it renews; another process takes a run over once its lease has expired.
+    lease_seconds: float = Field(default=30.0, gt=0, description="How long a run's lease lasts.")
+    heartbeat_seconds: float = Field(
+        default=10.0, gt=0, description="How often a process renews its leases."
+    )
+    claim_poll_seconds: float = Field(
+        default=2.0, gt=0, description="How often a process looks for runnable workflows."
+    )
+    max_takeovers: int = Field(
+        default=3, ge=0, description="Take-overs of one run before it is failed instead."
+    )
+
+    max_request_body_bytes: int = Field(
+        default=10 * 1024 * 1024,
+        ge=1024,
+        description="Larger request bodies are refused with a 413 before they are read.",
+    )
+
     host: str = Field(default="127.0.0.1")
     port: int = Field(default=8420, ge=1, le=65535)
+    access_log: bool = Field(
+        default=False, description="Log one line per HTTP request (uvicorn's access log)."
+    )
     home: Path = Field(default=Path("~/.amelia"), description="Amelia's own directory.")
 
     @field_validator("database_url", mode="before")
@@ -143,6 +165,11 @@ class ServerConfig(BaseSettings):
             raise ValueError(
                 f"AMELIA_CHECKPOINT_POOL_MIN_SIZE ({self.checkpoint_pool_min_size}) is larger "
                 f"than AMELIA_CHECKPOINT_POOL_MAX_SIZE ({self.checkpoint_pool_max_size})"
+            )
+        if self.heartbeat_seconds >= self.lease_seconds:
+            raise ValueError(
+                f"AMELIA_HEARTBEAT_SECONDS ({self.heartbeat_seconds}) must be shorter than "
+                f"AMELIA_LEASE_SECONDS ({self.lease_seconds}), or leases expire between renewals"
             )
         return self
 

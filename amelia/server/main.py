@@ -2,15 +2,19 @@
 
 Start: configuration -> database (embedded when no URL) -> schema at head (upgraded on the
 embedded default or with --migrate, else refused with the fix) -> defaults seeded ->
-checkpointer pool -> orchestrator -> retention -> start-up recovery.
-Stop, in reverse: refuse new work, stop the producers (workflow tasks, retention), then
-close the sockets and pools, so the last events are delivered before anything closes.
+checkpointer pool -> LISTEN connection, event relay -> orchestrator and its supervisor
+(process registration, claims, leases) -> retention -> start-up recovery (claiming the runs
+whose owner's lease expired).
+Stop, in reverse: refuse new work, stop the producers (workflow tasks, which hands their runs
+to the other processes; retention), then close the sockets and pools, so the last events are
+delivered before anything closes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -20,14 +24,19 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from amelia import __version__
 from amelia.server.checkpoint import CheckpointStore, setup_checkpoint_tables
+from amelia.server.cluster.event_relay import EventRelay
+from amelia.server.cluster.listener import Listener
+from amelia.server.cluster.supervisor import RunSupervisor
 from amelia.server.config import ServerConfig, load_config
 from amelia.server.database.connection import Database
+from amelia.server.database.event_feed import EventFeedRepository
 from amelia.server.database.migrations import head_revision, status, upgrade
+from amelia.server.database.process_registry import ProcessRegistry
 from amelia.server.database.seed import seed_defaults
 from amelia.server.database_target import DatabaseTarget, database_target
 from amelia.server.error_handlers import configure_exception_handlers
 from amelia.server.events.bus import EventBus
-from amelia.server.input_guard import refuse_nul_characters
+from amelia.server.input_guard import BodySizeLimit, refuse_nul_characters
 from amelia.server.orchestrator.service import OrchestratorService
 from amelia.server.services import AppServices
 
@@ -98,19 +107,48 @@ def build_lifespan(config: ServerConfig | None, migrate: bool, first_run: str) -
             await checkpoints.verify_tables()
 
             bus = EventBus()
+            # One LISTEN connection: new events of every process, work to claim, commands.
+            listener = Listener(target.url, f"{cfg.db_application_name}-listen")
+            relay = EventRelay(EventFeedRepository(db), bus, listener)
+            orchestrator = OrchestratorService(
+                db,
+                saver,
+                bus,
+                process_id=uuid.uuid4(),
+                lease_seconds=cfg.lease_seconds,
+                max_takeovers=cfg.max_takeovers,
+                relayed=True,
+            )
+            orchestrator.emitter.publish_live = relay.publish_live
+            supervisor = RunSupervisor(
+                orchestrator,
+                ProcessRegistry(db),
+                listener,
+                heartbeat_seconds=cfg.heartbeat_seconds,
+                claim_poll_seconds=cfg.claim_poll_seconds,
+                address=f"{cfg.host}:{cfg.port}",
+            )
+            await listener.start()
+            stack.push_async_callback(listener.stop)
+            relay.start()
+            stack.push_async_callback(relay.stop)
             services = AppServices(
                 config=cfg,
                 db=db,
                 bus=bus,
                 checkpoints=checkpoints,
-                orchestrator=OrchestratorService(db, saver, bus),
+                orchestrator=orchestrator,
                 database_description=target.description,
             )
+            services.extras["relay"] = relay
+            services.extras["listener"] = listener
             for hook in app.state.startup_hooks:
                 await hook(services, stack)
             await _start_retention(services, stack)
-            # Runs that were in progress when a previous server died become recoverable.
-            await services.orchestrator.recover_interrupted_workflows()
+            await supervisor.start()
+            stack.push_async_callback(supervisor.stop)
+            # Runs whose owner died (this server before a restart, say) resume here.
+            await orchestrator.recover_interrupted_workflows()
             app.state.services = services
             try:
                 yield
@@ -154,6 +192,7 @@ def create_app(
         allow_methods=["*"],
         allow_headers=["*"],
     )
+    app.add_middleware(BodySizeLimit)  # outermost: an oversized body is refused unread
     configure_exception_handlers(app)
     from amelia.server.routes import register_routes
 
@@ -175,6 +214,9 @@ async def drain(app: FastAPI) -> None:
     brainstorm = services.extras.get("brainstorm")
     if brainstorm is not None:
         await brainstorm.stop()
+    relay = services.extras.get("relay")
+    if relay is not None:
+        await relay.flush()
     manager = services.extras.get("ws")
     if manager is not None:
         await manager.close_all()

@@ -22,8 +22,8 @@ from amelia.server.models.events import EventType
 from amelia.server.models.state import WorkflowStatus
 from amelia.server.orchestrator.service import OrchestratorService
 from tests.orchestrator.agent_server import AgentServer
-from tests.orchestrator.worker import LEASE_SECONDS
 from tests.orchestrator.helpers import wait_for_status
+from tests.orchestrator.worker import LEASE_SECONDS
 
 S = WorkflowStatus
 ROOT = Path(__file__).resolve().parents[2]

@@ -14,14 +14,14 @@ import asyncio
 import json
 import sys
 
-LEASE_SECONDS = 3.0
-
 from amelia.server.checkpoint import CheckpointStore
 from amelia.server.database import Database
 from amelia.server.events.bus import EventBus
 from amelia.server.models.state import WorkflowStatus
 from amelia.server.orchestrator.service import OrchestratorService
 from tests.orchestrator.helpers import wait_for_status
+
+LEASE_SECONDS = 3.0
 
 
 async def main(url: str, worktree_a: str, worktree_b: str) -> None:

@@ -44,9 +44,11 @@ MAX_TRACKED_WORKFLOWS = 50_000
 # workflows the relay was not tracking (stamps come from the writers' clocks).
 CLOCK_SLACK = timedelta(seconds=60)
 RETRY_SECONDS = 1.0
-# Under a stream of events, wait this long after a read before the next one, so each read
-# carries many events (one query per event would cost the writers a share of the CPU).
-COALESCE_SECONDS = 0.005
+# Under a stream of events (the last read found at least BUSY_BATCH of them), wait this long
+# after a read before the next one, so each read carries many events: a query per event
+# would take the writers' CPU. A quiet stream is read at once, for the lowest delay.
+COALESCE_SECONDS = 0.02
+BUSY_BATCH = 4
 LIVE_CHANNEL = "amelia_live"
 _FLUSH_PREFIX = "flush:"
 # NOTIFY payloads must stay under 8000 bytes.
@@ -62,13 +64,12 @@ class EventRelay:
         self._delivered: OrderedDict[uuid.UUID, int] = OrderedDict()
         # Notifications in arrival order: (workflow id, sequence) hints of stored events, or
         # whole unstored events.
-        self._queue: deque[tuple[uuid.UUID, int] | WorkflowEvent | asyncio.Future[None]] = (
-            deque()
-        )
+        self._queue: deque[tuple[uuid.UUID, int] | WorkflowEvent | asyncio.Future[None]] = deque()
         self._flushes: dict[str, asyncio.Future[None]] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._last_read = 0.0
+        self._last_batch = 0
         self.delivered_count = 0
         self.last_delay_ms: float | None = None
         listener.on(EVENTS_CHANNEL, self._on_hint)
@@ -156,7 +157,7 @@ class EventRelay:
                 # A run of consecutive hints: one read for all of them (after a short pause
                 # when the last read was just now, so that a stream is read in batches).
                 pause = self._last_read + COALESCE_SECONDS - time.monotonic()
-                if pause > 0:
+                if pause > 0 and self._last_batch >= BUSY_BATCH:
                     await asyncio.sleep(pause)
                 hinted: dict[uuid.UUID, int] = {}
                 while self._queue:
@@ -179,6 +180,7 @@ class EventRelay:
                     self._queue.extendleft((wid, low) for wid, low in hinted.items())
                     await asyncio.sleep(RETRY_SECONDS)
                     continue
+                self._last_batch = len(events)
                 self._deliver(events)
 
     def _deliver(self, events: list[WorkflowEvent]) -> None:
