@@ -33,6 +33,7 @@ class ScenarioResult:
     rows_checked: int
     rows_lost: int
     details: dict[str, Any] = field(default_factory=dict)
+    unmet: list[str] = field(default_factory=list)  # the scenario's goals it missed
 
 
 def load() -> dict[str, Any]:
@@ -43,8 +44,13 @@ def load() -> dict[str, Any]:
     return data
 
 
-def record(result: ScenarioResult) -> None:
-    """Add or replace one scenario's entry, then rewrite the RESULTS.md section."""
+def record(result: ScenarioResult, checks: dict[str, bool] | None = None) -> list[str]:
+    """Add or replace one scenario's entry, then rewrite the RESULTS.md section.
+
+    `checks`: the scenario's goals, named, and whether each was met; the ones missed are
+    recorded (and shown) with the figures, and returned so the test can fail on them.
+    """
+    result.unmet = [name for name, met in (checks or {}).items() if not met]
     data = load()
     entry = asdict(result)
     entry["recorded_at"] = datetime.now(UTC).isoformat(timespec="seconds")
@@ -52,6 +58,7 @@ def record(result: ScenarioResult) -> None:
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     RELIABILITY_JSON.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     write_section(render(data))
+    return result.unmet
 
 
 def _seconds(value: float | None) -> str:
@@ -77,15 +84,16 @@ def render(data: dict[str, Any] | None = None) -> list[str]:
         "afterwards (for bad input: tables fingerprinted before and after).",
         "",
         "| Scenario | Fault | Requests sent | Failed during fault | Failed after healing "
-        "| Recovery | Rows checked | Rows lost |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| Recovery | Rows checked | Rows lost | Goals |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for name in sorted(scenarios):
         s = scenarios[name]
         lines.append(
             f"| `{name}` | {s['fault']} | {s['requests_sent']} | {s['failed_during_fault']} | "
             f"{s['failed_after_healing']} | {_seconds(s['recovery_s'])} | "
-            f"{s['rows_checked']} | {s['rows_lost']} |"
+            f"{s['rows_checked']} | {s['rows_lost']} | "
+            f"{'**missed**: ' + '; '.join(s['unmet']) if s.get('unmet') else 'met'} |"
         )
     notes = [
         f"- `{name}`: " + ", ".join(f"{k} {v}" for k, v in scenarios[name]["details"].items())

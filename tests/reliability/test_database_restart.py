@@ -119,7 +119,25 @@ async def test_ten_workflows_and_both_pools_survive_a_database_restart(
     calls = sum(agents.calls.values())
     after = [o for o in outcomes if o.started >= accepting]
     recovered_at = min((o.ended for o in after if o.ok), default=accepting)
-    record(
+    checks = {
+        "the restart hit workflows mid-run": running.count("in_progress") >= 5,
+        "every workflow completed (resumed if it had failed)": all(
+            body["status"] == "completed" for body in final.values()
+        ),
+        "only requests on dead pooled connections failed": len(failures(outcomes))
+        <= DB_POOL_MAX + CHECKPOINT_POOL_MAX,
+        "failures were 503s": all(o.status == 503 for o in failures(outcomes)),
+        "no request waited past the pool timeout": max(o.seconds for o in outcomes)
+        < POOL_TIMEOUT_S + 2,
+        "100 requests in a row succeeded after": failures(verify) == [],
+        "both pools idle after": pools == (0, 0),
+        "acknowledged writes kept": missing == 0,
+        "events numbered without gaps": gaps == {},
+        "no event lost": lost_events == 0,
+        "a usage row per agent call": usage == calls,
+        "every checkpoint loads": unloadable == [],
+    }
+    unmet = record(
         ScenarioResult(
             scenario=f"database_restart_{mode}",
             fault=f"PostgreSQL stopped ({mode}) for 2 s under 10 running workflows",
@@ -135,21 +153,10 @@ async def test_ten_workflows_and_both_pools_survive_a_database_restart(
                 "resumed after failing": len(resumed),
                 "slowest request": f"{max(o.seconds for o in outcomes):.2f} s",
             },
-        )
+        ),
+        checks,
     )
-    assert running.count("in_progress") >= 5, running  # the restart hit workflows mid-run
-    assert all(body["status"] == "completed" for body in final.values()), final
-    assert failures(verify) == []
-    # Only requests caught on a connection the restart killed may fail, each with a 503.
-    assert len(failures(outcomes)) <= DB_POOL_MAX + CHECKPOINT_POOL_MAX, failures(outcomes)
-    assert all(o.status == 503 for o in failures(outcomes)), failures(outcomes)
-    assert max(o.seconds for o in outcomes) < POOL_TIMEOUT_S + 2
-    assert pools == (0, 0)
-    assert missing == 0
-    assert gaps == {}
-    assert lost_events == 0
-    assert usage == calls
-    assert unloadable == []
+    assert not unmet, (unmet, failures(outcomes)[:10], final)
 
 
 async def test_the_next_checkpoint_write_after_a_restart_succeeds(

@@ -100,7 +100,14 @@ async def test_two_seconds_of_added_latency(
 
     seconds = [o.seconds for o in outcomes]
     p95 = percentile(seconds, 0.95)
-    record(
+    checks = {
+        "p95 under the pool timeout": p95 < POOL_TIMEOUT_S,
+        "no errors": failures(outcomes) == [] and len(outcomes) >= 10,
+        "100 requests in a row succeeded after": failures(verify) == [],
+        "both pools idle after": pools == (0, 0),
+        "acknowledged writes kept": missing == 0,
+    }
+    unmet = record(
         ScenarioResult(
             scenario="network_latency",
             fault=f"{LATENCY_S:.0f} s added to every round trip for 30 s",
@@ -115,14 +122,10 @@ async def test_two_seconds_of_added_latency(
                 "p95": f"{p95:.2f} s (pool timeout {POOL_TIMEOUT_S:.0f} s)",
                 "max": f"{max(seconds):.2f} s",
             },
-        )
+        ),
+        checks,
     )
-    assert len(outcomes) >= 10
-    assert failures(outcomes) == []
-    assert p95 < POOL_TIMEOUT_S
-    assert failures(verify) == []
-    assert pools == (0, 0)
-    assert missing == 0
+    assert not unmet, unmet
 
 
 async def test_a_sixty_second_blackhole(
@@ -156,7 +159,26 @@ async def test_a_sixty_second_blackhole(
     first_wave = [o for o in during if o.started < blackholed + 0.1]
     later = [o for o in during if o.started >= blackholed + deadline_s]
     slowest = max(o.seconds for o in during)
-    record(
+    # Failing fast: the requests in flight when it began wait for their statement deadline,
+    # then (once the outage is known) every request is answered at once.
+    checks = {
+        "every failure a 503 with its reason": all(
+            o.status == 503 and reason_is_clear(o) for o in failures(during)
+        ),
+        "requests in flight got no answer (503)": failures(first_wave) == first_wave != [],
+        "requests sent during it all 503": all(
+            o.status == 503 for o in during if o.started > blackholed + 0.1
+        ),
+        f"none slower than the statement deadline ({deadline_s:.0f} s) + 2 s": slowest
+        < deadline_s + 2,
+        "fast once known (p95 < 0.5 s)": len(later) > 100
+        and percentile([o.seconds for o in later], 0.95) < 0.5,
+        f"recovered within {RECOVERY_BOUND_S:.0f} s of healing": recovery < RECOVERY_BOUND_S,
+        "100 requests in a row succeeded after": failures(verify) == [],
+        "both pools idle after": pools == (0, 0),
+        "acknowledged writes kept": missing == 0,
+    }
+    unmet = record(
         ScenarioResult(
             scenario="network_blackhole",
             fault=f"no packet delivered either way for {BLACKHOLE_S:.0f} s",
@@ -174,21 +196,10 @@ async def test_a_sixty_second_blackhole(
                     f"{percentile([o.seconds for o in later], 0.95) * 1000:.0f} ms"
                 ),
             },
-        )
+        ),
+        checks,
     )
-    # Failing fast: nothing outlives the statement deadline (plus the 2 s of a pool wait
-    # woken by the lost connection's replacement), and once the outage is known, at once.
-    assert all(o.status == 503 and reason_is_clear(o) for o in failures(during))
-    assert failures(first_wave) == first_wave  # in flight when it began: no answer came
-    assert all(o.status == 503 for o in during if o.started > blackholed + 0.1)
-    assert slowest < deadline_s + 2, slowest
-    assert len(later) > 100
-    assert percentile([o.seconds for o in later], 0.95) < 0.5
-    assert len(first_wave) >= 1
-    assert recovery < RECOVERY_BOUND_S
-    assert failures(verify) == []
-    assert pools == (0, 0)
-    assert missing == 0
+    assert not unmet, (unmet, [o for o in during if o.status != 503][:5])
 
 
 def reason_is_clear(outcome: Outcome) -> bool:
@@ -233,7 +244,13 @@ async def test_resetting_every_idle_pooled_connection(
         async with await observer(owned_pg.url(scenario_db)) as watcher:
             missing = await missing_profiles(watcher, workload.acknowledged)
 
-    record(
+    checks = {
+        "both pools' connections were reset": reset >= POOL_SIZE,
+        "the next request of every kind succeeded": failures(outcomes) == [],
+        "100 requests in a row succeeded after": failures(verify) == [],
+        "acknowledged writes kept": missing == 0,
+    }
+    unmet = record(
         ScenarioResult(
             scenario="network_idle_reset",
             fault="every idle pooled connection reset (RST) by the network",
@@ -244,9 +261,7 @@ async def test_resetting_every_idle_pooled_connection(
             rows_checked=len(workload.acknowledged) + 1,
             rows_lost=missing + (done["status"] != "completed"),
             details={"connections reset": reset},
-        )
+        ),
+        checks,
     )
-    assert reset >= POOL_SIZE  # the SQLAlchemy pool's and the checkpointer's
-    assert failures(outcomes) == [], failures(outcomes)
-    assert failures(verify) == []
-    assert missing == 0
+    assert not unmet, (unmet, failures(outcomes))

@@ -99,15 +99,19 @@ class Listener:
         if conn is None or conn.is_closed() or self._lost.is_set():
             return False
         try:
-            await asyncio.wait_for(conn.fetchval("SELECT 1"), timeout=self._connect_timeout)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+            async with asyncio.timeout(self._connect_timeout):
+                await conn.fetchval("SELECT 1")
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # any failure (InternalClientError after a kill, too) means gone
             return False
         return True
 
     async def _keep_alive(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._lost.wait(), timeout=CHECK_INTERVAL_SECONDS)
+            with contextlib.suppress(TimeoutError):  # not wait_for: it can swallow a cancel
+                async with asyncio.timeout(CHECK_INTERVAL_SECONDS):
+                    await self._lost.wait()
             if await self._alive():
                 continue
             lost_at = datetime.now(UTC)
@@ -122,7 +126,9 @@ class Listener:
             try:
                 await self._connect()
                 break
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
                 logger.warning("LISTEN reconnect failed (%s); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_BACKOFF_SECONDS)

@@ -109,8 +109,11 @@ class RunSupervisor:
 
     async def _claim_loop(self) -> None:
         while True:
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that
+            # arrives as the wait ends, and stop() would then wait forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wait_for_work(), timeout=self._claim_poll_seconds)
+                async with asyncio.timeout(self._claim_poll_seconds):
+                    await self._wait_for_work()
             try:
                 # Keep claiming while there is something to take.
                 while len(await self._orchestrator.claim_runnable(CLAIM_BATCH)) == CLAIM_BATCH:

@@ -98,8 +98,8 @@ _CLAIM_ONE = (
 _COUNT_LIVE = select(func.count()).select_from(_w).where(_LIVE_RUN)
 # The claim lock is held across a few round trips: should its holder stall there (stopped,
 # starved), PostgreSQL ends that session after this long, so the other processes' claims
-# go on instead of queueing behind it.
-CLAIM_IDLE_TIMEOUT = "2s"
+# go on instead of queueing behind it. Long enough for several slow round trips.
+CLAIM_IDLE_TIMEOUT = "10s"
 _LOCK = select(
     func.set_config("idle_in_transaction_session_timeout", CLAIM_IDLE_TIMEOUT, True),
     func.pg_advisory_xact_lock(literal_column(str(CLAIM_LOCK_KEY))),

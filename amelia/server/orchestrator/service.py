@@ -281,6 +281,10 @@ class OrchestratorService:
             except FencedOutError as exc:
                 self.refused_writes += 1
                 logger.warning("%s; the run stops here", exc)
+            except Exception:
+                # A final write failed (database gone): the run is released when this task
+                # ends, and resumes from its checkpoint wherever it is claimed next.
+                logger.exception("workflow %s: the run stopped on an error", token.workflow_id)
             finally:
                 with contextlib.suppress(Exception):
                     await self._signals.announce_work()
