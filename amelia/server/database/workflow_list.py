@@ -15,7 +15,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import ScalarSelect, bindparam, func, select, true, tuple_
+from sqlalchemy import ScalarSelect, bindparam, func, select, true
 
 from amelia.server.database.base import RepositoryBase
 from amelia.server.database.fast_query import FastQuery
@@ -23,6 +23,7 @@ from amelia.server.database.schema import usage_workflow_totals, workflow_status
 from amelia.server.database.workflow_rows import (
     WorkflowId,
     _statement_errors,
+    list_filters,
     parse_workflow_id,
 )
 from amelia.server.models.state import WorkflowStatus
@@ -100,17 +101,9 @@ def _page_query(by_status: bool, by_worktree: bool, with_cursor: bool) -> FastQu
         (_USAGE.c.input_tokens + _USAGE.c.output_tokens).label("tokens"),
         _USAGE.c.duration_ms,
     ).select_from(_W.outerjoin(_USAGE, _USAGE.c.workflow_id == _W.c.id))
-    if by_status:
-        page = page.where(_W.c.status == bindparam("status"))
-    if by_worktree:
-        page = page.where(_W.c.worktree_path == bindparam("worktree_path"))
-    if with_cursor:
-        # A row comparison: one index range condition, so deep pages cost what page 1 does.
-        cursor = tuple_(
-            bindparam("after_started_at", type_=_W.c.started_at.type),
-            bindparam("after_id", type_=_W.c.id.type),
-        )
-        page = page.where(tuple_(_W.c.started_at, _W.c.id) < cursor)
+    # The cursor is a row comparison: one index range condition, so deep pages cost what
+    # page 1 does.
+    page = list_filters(page, by_status, by_worktree, with_cursor)
     rows = page.order_by(*_LIST_ORDER).limit(bindparam("limit")).subquery("page")
     total = select(_count(by_status, by_worktree).label("total")).subquery("total")
     statement = (

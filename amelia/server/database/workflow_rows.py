@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
+    Select,
     Text,
     Update,
     any_,
@@ -163,7 +164,15 @@ def _page_query(by_status: bool, by_worktree: bool, with_cursor: bool) -> FastQu
     page deep in the list is as cheap as the first. Typed binds keep the column types'
     checks (a bare tuple would bind plain DateTime and accept naive values).
     """
-    statement = select(*_COLUMNS)
+    statement = list_filters(select(*_COLUMNS), by_status, by_worktree, with_cursor)
+    return FastQuery(statement.order_by(*_LIST_ORDER).limit(bindparam("limit")))
+
+
+def list_filters(
+    statement: Select[Any], by_status: bool, by_worktree: bool, with_cursor: bool
+) -> Select[Any]:
+    """The list's equality filters and keyset cursor (binds `status`, `worktree_path`,
+    `after_started_at`, `after_id`), shared by every list statement."""
     if by_status:
         statement = statement.where(workflows.c.status == bindparam("status"))
     if by_worktree:
@@ -174,7 +183,7 @@ def _page_query(by_status: bool, by_worktree: bool, with_cursor: bool) -> FastQu
             bindparam("after_id", type_=workflows.c.id.type),
         )
         statement = statement.where(tuple_(workflows.c.started_at, workflows.c.id) < cursor)
-    return FastQuery(statement.order_by(*_LIST_ORDER).limit(bindparam("limit")))
+    return statement
 
 
 def parse_workflow_id(value: WorkflowId) -> uuid.UUID:
