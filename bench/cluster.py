@@ -8,6 +8,8 @@
 - Write throughput: writer processes save events as fast as they can for a few seconds,
   with no LISTEN session, with one relay and with three relays listening (each reading
   every event back), alternating; the goal is at least 80% of the throughput without.
+  The writers announce their events in batches (database/event_hints.py); the figures
+  record how many notifications carried them.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ DELAY_EVENTS = 2000
 DELAY_RATE = 200.0
 THROUGHPUT_SECONDS = 4.0
 THROUGHPUT_WRITERS = 2
-ROUNDS = 3
+ROUNDS = 5
 
 
 def _percentile(values: list[float], fraction: float) -> float:
@@ -158,7 +160,8 @@ async def _delivery_delay(url: str, db: Database) -> dict[str, Any]:
     }
 
 
-async def _throughput(url: str, db: Database, listeners: int) -> float:
+async def _throughput(url: str, db: Database, listeners: int) -> tuple[float, int]:
+    """Events written per second, and the notifications that announced them."""
     relays = [await _relay(url, db, EventBus()) for _ in range(listeners)]
     try:
         ids = [await _new_workflow(db) for _ in range(THROUGHPUT_WRITERS)]
@@ -169,7 +172,8 @@ async def _throughput(url: str, db: Database, listeners: int) -> float:
         for listener, relay in relays:
             await relay.stop()
             await listener.stop()
-    return sum(int(c[0]) for c in counts) / THROUGHPUT_SECONDS
+    events = sum(int(c[0]) for c in counts)
+    return events / THROUGHPUT_SECONDS, sum(int(c[1]) for c in counts)
 
 
 async def run(url: str) -> dict[str, Any]:
@@ -177,10 +181,14 @@ async def run(url: str) -> dict[str, Any]:
         claims = [await _claims(db, 1), await _claims(db, 8)]
         delay = await _delivery_delay(url, db)
         rounds: dict[int, list[float]] = {0: [], 1: [], 3: []}
+        notified: dict[int, list[int]] = {0: [], 1: [], 3: []}
         for _ in range(ROUNDS):
             for listeners, figures in rounds.items():
-                figures.append(await _throughput(url, db, listeners))
+                per_s, notifications = await _throughput(url, db, listeners)
+                figures.append(per_s)
+                notified[listeners].append(notifications)
     base = statistics.median(rounds[0])
+    events = sum(sum(figures) for figures in rounds.values()) * THROUGHPUT_SECONDS
     return {
         "claims": claims,
         "delivery": delay,
@@ -191,6 +199,7 @@ async def run(url: str) -> dict[str, Any]:
             "per_s": {str(n): statistics.median(figures) for n, figures in rounds.items()},
             "ratio": {str(n): statistics.median(figures) / base for n, figures in rounds.items()},
             "all_rounds": {str(n): figures for n, figures in rounds.items()},
+            "events_per_notification": events / max(sum(map(sum, notified.values())), 1),
         },
     }
 
@@ -223,8 +232,10 @@ def render(section: dict[str, Any]) -> list[str]:
         f"{throughput['per_s']['0']:,.0f}/s without listeners; with one relay listening "
         f"{throughput['per_s']['1']:,.0f}/s (**{throughput['ratio']['1']:.0%}**), with three "
         f"{throughput['per_s']['3']:,.0f}/s (**{throughput['ratio']['3']:.0%}**); goal: at "
-        "least 80%. Every insert notifies, and PostgreSQL wakes each listening backend on "
-        "each such commit: on two shared cores that is what the listeners cost.",
+        f"least 80% ({'met' if min(throughput['ratio'].values()) >= 0.8 else 'NOT met'}). "
+        "PostgreSQL wakes every listening session on each notifying commit, so the writers "
+        "announce their events in batches: "
+        f"{throughput.get('events_per_notification', 1):.1f} events per notification here.",
         "",
     ]
     return lines

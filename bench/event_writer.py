@@ -3,7 +3,8 @@
 Usage: python -m bench.event_writer URL WORKFLOW_ID MODE AMOUNT
 - MODE `rate:<events per second>`, AMOUNT events: saves them at that rate and prints
   [[sequence, commit time (epoch seconds)], ...].
-- MODE `burst`, AMOUNT seconds: saves as fast as it can for that long and prints [count].
+- MODE `burst`, AMOUNT seconds: saves as fast as it can for that long and prints
+  [count, notifications sent to announce them].
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ async def write(url: str, workflow_id: uuid.UUID, mode: str, amount: float) -> l
             while time.monotonic() < deadline:
                 await repository.save_event(_event(workflow_id, count))
                 count += 1
-            return [count]
+            await db.event_hints.flush()
+            return [count, db.event_hints.sent_notifications]
         rate = float(mode.removeprefix("rate:"))
         committed: list[object] = []
         started = time.monotonic()

@@ -47,6 +47,15 @@ async def kill_listen_connections(db: Database) -> int:
     return int(killed or 0)
 
 
+async def wait_for_reconnects(client: httpx.AsyncClient, count: int) -> None:
+    for _ in range(300):
+        process = (await client.get("/api/health")).json()["process"]
+        if process["listen_reconnects"] >= count and process["listen_connected"]:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the LISTEN connection did not come back {count} times")
+
+
 @pytest.mark.slow
 async def test_a_client_on_another_process_gets_every_event_once_in_order(
     cluster_factory: Any, prepared_db: Database, tmp_path: Path, database_url: str
@@ -88,11 +97,14 @@ async def test_a_client_on_another_process_gets_every_event_once_in_order(
         go.touch()
         received: list[dict[str, Any]] = []
         killed = 0
-        while len(received) < EVENTS:
-            received.append(await next_event(conn))
-            if len(received) in (200, 600):
-                # Mid-stream, the server's LISTEN connection dies; nothing may be lost.
-                killed += await kill_listen_connections(db)
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+            while len(received) < EVENTS:
+                received.append(await next_event(conn))
+                if len(received) in (200, 600):
+                    # Mid-stream, the server's LISTEN connection dies; nothing may be lost.
+                    killed += await kill_listen_connections(db)
+                    # Each kill hits a connection in use (not one still being opened).
+                    await wait_for_reconnects(client, killed)
         out, err = await writer.communicate()
         assert writer.returncode == 0, err.decode()[-2000:]
         # Nothing more arrives: each event came exactly once.
@@ -137,3 +149,9 @@ async def test_a_workflow_running_on_one_process_is_seen_live_on_another(
     stored = await WorkflowRepository(db).get_recent_events(uuid.UUID(workflow_id), 1000)
     assert [p["id"] for p in seen] == [str(e.id) for e in stored]
     assert [p["sequence"] for p in seen] == list(range(1, len(stored) + 1))
+    # The runner announced its events itself (batched hints), and has none left unsent.
+    async with httpx.AsyncClient(base_url=runner.url, timeout=10) as client:
+        process = (await client.get("/api/health")).json()["process"]
+    assert process["event_notifications_sent"] > 0
+    assert process["event_hints_pending"] == 0
+    assert process["events_swept"] == 0  # every hint arrived: nothing left to sweep

@@ -1,17 +1,21 @@
 """Live events across processes: notifications carry ids, the rows come from the table.
 
-Every insert into `workflow_log` notifies channel `amelia_events` with "<workflow id>:
-<sequence>" (a trigger of the migration), whichever process wrote it. The relay of each
-process collects those hints and reads the events from the table (a payload can exceed the
-8 KB a notification may carry), then puts them on the process's `EventBus`, where the
-WebSocket clients of this process receive them.
+Every event stored in `workflow_log` is announced on channel `amelia_events` as "<workflow
+id>:<sequence>", whichever process wrote it: by the writing process after commit, several
+per notification (database/event_hints.py), or by the table's trigger for writers that do
+not batch. The relay of each process collects those hints and reads the events from the
+table (a payload can exceed the 8 KB a notification may carry), then puts them on the
+process's `EventBus`, where the WebSocket clients of this process receive them.
 
 Exactly once and in order, per workflow: the relay remembers the last sequence it delivered
 for each workflow and always reads "everything after it", so a hint that arrives twice, late
 or not at all (the next one covers it) changes nothing. One workflow's events commit in
 sequence order (the counter's row lock serialises its writers), so no later read can find a
 lower sequence. After the LISTEN connection was lost, the relay asks the table which
-workflows moved on meanwhile and delivers what it missed before anything newer.
+workflows moved on meanwhile and delivers what it missed before anything newer. A hint can
+also be lost by its writer (a process killed between a commit and its batched send): every
+`SWEEP_SECONDS` the relay compares the workflows it follows with their counters and reads
+what stayed undelivered for a whole sweep.
 
 Events that are not stored (agent messages, traces) travel whole on channel `amelia_live`
 when they fit in a notification (`publish_live`), else only to this process's clients. The
@@ -27,10 +31,11 @@ import logging
 import time
 import uuid
 from collections import OrderedDict, deque
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from amelia.server.cluster.listener import Listener
 from amelia.server.database.event_feed import EventFeedRepository
+from amelia.server.database.event_hints import decode_hints
 from amelia.server.database.schema import EVENTS_CHANNEL
 from amelia.server.events.bus import EventBus
 from amelia.server.models.events import WorkflowEvent
@@ -49,6 +54,8 @@ RETRY_SECONDS = 1.0
 # would take the writers' CPU. A quiet stream is read at once, for the lowest delay.
 COALESCE_SECONDS = 0.02
 BUSY_BATCH = 4
+# How often the followed workflows are checked for events whose hint never came.
+SWEEP_SECONDS = 5.0
 LIVE_CHANNEL = "amelia_live"
 _FLUSH_PREFIX = "flush:"
 # NOTIFY payloads must stay under 8000 bytes.
@@ -58,8 +65,20 @@ MAX_LIVE_PAYLOAD_BYTES = 7900
 class EventRelay:
     """Delivers every process's stored events to this process's bus."""
 
-    def __init__(self, feed: EventFeedRepository, bus: EventBus, listener: Listener) -> None:
+    def __init__(
+        self,
+        feed: EventFeedRepository,
+        bus: EventBus,
+        listener: Listener,
+        *,
+        sweep_seconds: float = SWEEP_SECONDS,
+    ) -> None:
         self._feed = feed
+        self._sweep_seconds = sweep_seconds
+        # Counters seen by the last sweep, of workflows whose events were not all delivered.
+        self._behind: dict[uuid.UUID, int] = {}
+        self._sweeper: asyncio.Task[None] | None = None
+        self.swept_count = 0
         self._bus = bus
         self._delivered: OrderedDict[uuid.UUID, int] = OrderedDict()
         # Notifications in arrival order: (workflow id, sequence) hints of stored events, or
@@ -78,13 +97,15 @@ class EventRelay:
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="amelia-event-relay")
+        self._sweeper = asyncio.create_task(self._sweep_forever(), name="amelia-event-sweep")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        for task in (self._sweeper, self._task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._sweeper = None
 
     def _on_hint(self, payload: str) -> None:
         if payload.startswith(_FLUSH_PREFIX):
@@ -93,13 +114,12 @@ class EventRelay:
                 self._queue.append(marker)
                 self._wake.set()
             return
-        workflow_text, _, sequence_text = payload.rpartition(":")
         try:
-            workflow_id, sequence = uuid.UUID(workflow_text), int(sequence_text)
+            hints = decode_hints(payload)
         except ValueError:
-            logger.warning("ignoring malformed event notification %r", payload)
+            logger.warning("ignoring malformed event notification %r", payload[:200])
             return
-        self._queue.append((workflow_id, sequence))
+        self._queue.extend(hints)
         self._wake.set()
 
     def _on_live(self, payload: str) -> None:
@@ -116,7 +136,8 @@ class EventRelay:
         payload = event.model_dump_json(fallback=str)
         if len(payload.encode("utf-8")) > MAX_LIVE_PAYLOAD_BYTES:
             return False
-        await self._feed.notify(LIVE_CHANNEL, payload)
+        # In line with this process's event hints, so the order of emission holds.
+        self._feed.db.event_hints.add_live(LIVE_CHANNEL, payload)
         return True
 
     async def flush(self, timeout: float = 5.0) -> bool:
@@ -130,6 +151,8 @@ class EventRelay:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._flushes[marker] = done
         try:
+            # This process's own hints still waiting for their batch go first.
+            await self._feed.db.event_hints.flush(timeout)
             await self._feed.notify(EVENTS_CHANNEL, marker)
             await asyncio.wait_for(asyncio.shield(done), timeout)
             return True
@@ -196,6 +219,41 @@ class EventRelay:
             self._bus.emit(event)
         while len(self._delivered) > MAX_TRACKED_WORKFLOWS:
             self._delivered.popitem(last=False)
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._sweep_seconds)
+            try:
+                await self.sweep()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                logger.warning("event sweep failed (tried again later): %s", exc)
+
+    async def sweep(self) -> int:
+        """Queue a read for followed workflows still behind since the last sweep.
+
+        A hint in flight is not lost: only what a whole sweep interval did not bring is read
+        (so a busy stream costs nothing extra). Returns how many workflows were queued.
+        """
+        counters = await self._feed.counters_since(datetime.now(UTC) - CLOCK_SLACK)
+        behind = {
+            wid: last
+            for wid, last in counters.items()
+            if wid in self._delivered and last > self._delivered[wid]
+        }
+        lost = [
+            wid
+            for wid, last in self._behind.items()
+            if wid in behind and wid in self._delivered and self._delivered[wid] < last
+        ]
+        self._behind = behind
+        if lost:
+            logger.info("reading events of %d workflows whose hints did not arrive", len(lost))
+            self.swept_count += len(lost)
+            self._queue.extend((wid, self._delivered[wid] + 1) for wid in lost)
+            self._wake.set()
+        return len(lost)
 
     async def _catch_up(self, lost_at: datetime) -> None:
         """Deliver what was committed while the LISTEN connection was down."""

@@ -23,7 +23,7 @@ from types import TracebackType
 from typing import Any, Self
 
 import asyncpg
-from sqlalchemy import event, text
+from sqlalchemy import ARRAY, Text, bindparam, event, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -34,6 +34,11 @@ from amelia.server.database.availability import (
     Availability,
     DatabaseConnectionError,
     DatabaseUnavailableError,
+)
+from amelia.server.database.event_hints import (
+    DEFERRED_HINTS_SETTING,
+    DEFERRED_HINTS_VALUE,
+    EventHints,
 )
 from amelia.server.database.lost_connections import (
     DRIVER_LOST,
@@ -58,6 +63,10 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 URL_SETTING = "AMELIA_DATABASE_URL"
+# Notifications are delivered in the order a transaction sent them.
+EVENT_HINTS_STATEMENT = text(
+    "SELECT pg_notify(channel, payload) FROM unnest(:channels, :payloads) AS n(channel, payload)"
+).bindparams(bindparam("channels", type_=ARRAY(Text)), bindparam("payloads", type_=ARRAY(Text)))
 
 # SQLSTATEs of connection-time failures the user can fix by changing the URL or the server.
 _INVALID_PASSWORD = "28P01"
@@ -156,6 +165,8 @@ class Database:
         # Told the SQL of each statement that bypasses SQLAlchemy's execution layer (the fast
         # read path), the way engine events are told of the others: tests count round trips.
         self.direct_statement_listeners: list[Callable[[str, tuple[Any, ...]], None]] = []
+        # Our connections send the hints of the events they store themselves, batched.
+        self.event_hints = EventHints(self._notify_events)
 
     @classmethod
     def from_config(cls, config: ServerConfig, database_url: str | URL) -> Database:
@@ -241,7 +252,12 @@ class Database:
 
     def _connect_kwargs(self, timeout: float) -> dict[str, Any]:
         # JIT compilation costs more than it saves for our short statements.
-        server_settings = {"application_name": self._application_name, "jit": "off"}
+        server_settings = {
+            "application_name": self._application_name,
+            "jit": "off",
+            # The `workflow_log` trigger leaves the event hints to `event_hints` (batched).
+            DEFERRED_HINTS_SETTING: DEFERRED_HINTS_VALUE,
+        }
         kwargs: dict[str, Any] = {**self._connect_params, "timeout": timeout}
         if self._statement_timeout_ms:
             server_settings["statement_timeout"] = str(self._statement_timeout_ms)
@@ -298,8 +314,16 @@ class Database:
             dbapi_connection.driver_connection.terminate()
             self._availability.report(exc)
 
+    async def _notify_events(self, notices: list[tuple[str, str]]) -> None:
+        """One round trip: a notification per (channel, payload), in order."""
+        params = {"channels": [c for c, _ in notices], "payloads": [p for _, p in notices]}
+        async with self.connection() as conn:
+            await conn.execute(EVENT_HINTS_STATEMENT, params)
+
     async def close(self) -> None:
-        """Dispose of the pool; never raises."""
+        """Send the pending event hints, dispose of the pool; never raises."""
+        if self._engine is not None:
+            await self.event_hints.close(timeout=self._pool_timeout)
         await self._availability.close()
         engine, self._engine, self._autocommit = self._engine, None, None
         if engine is None:

@@ -9,6 +9,10 @@ read-max-then-insert race.
 Recording an event must never fail a workflow, so payloads are made storable before they reach
 the database: oversized `data` and `message` are truncated with a marker, and characters
 PostgreSQL refuses in TEXT/JSONB (NUL, lone surrogates) become U+FFFD.
+
+Each stored event is announced to every process's event relay: after its commit, through the
+batched `Database.event_hints` (event_hints.py); inside a caller's open transaction, by a
+notification in that transaction (delivered at its commit, dropped with a rollback).
 """
 
 from __future__ import annotations
@@ -26,11 +30,11 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.expression import ColumnElement, Executable
 
-from amelia.server.database.base import RepositoryBase
+from amelia.server.database.base import RepositoryBase, is_autocommit
 from amelia.server.database.errors import translate_integrity_errors
 from amelia.server.database.fast_query import FastQuery
 from amelia.server.database.lost_connections import retry_if_connection_lost
-from amelia.server.database.schema import workflow_log, workflows
+from amelia.server.database.schema import EVENTS_CHANNEL, workflow_log, workflows
 from amelia.server.database.types import json_dumps
 from amelia.server.exceptions import FencedOutError, WorkflowNotFoundError
 from amelia.server.models.events import PERSISTED_TYPES, EventLevel, WorkflowEvent
@@ -360,15 +364,21 @@ class EventLogMixin(RepositoryBase):
         # nothing (already stored, unknown workflow, a stale fence, or a taken number).
         first = await self._fast_one(fast, params)
         if first is not None:
-            return _as_stored(event, row_to_event(first))
+            new = row_to_event(first)
+            await self._announce(new)
+            return _as_stored(event, new)
         async with self._connect() as conn:
             for _attempt in range(_SAVE_ATTEMPTS):
                 stored = await _insert(conn, statement, params)
                 if stored is not None:
+                    await self._announce(stored)
                     return _as_stored(event, stored)
                 probe = (await conn.execute(_PROBE, params)).mappings().one()
                 if probe["id"] is not None:
-                    return _as_stored(event, row_to_event(probe))
+                    # Stored earlier: maybe by an attempt whose answer (and hint) was lost.
+                    earlier = row_to_event(probe)
+                    await self._announce(earlier)
+                    return _as_stored(event, earlier)
                 if not probe["workflow_exists"]:
                     raise WorkflowNotFoundError(event.workflow_id)
                 if fence is not None and await conn.scalar(_FENCE_OF, params) != fence:
@@ -385,6 +395,17 @@ class EventLogMixin(RepositoryBase):
             f"could not allocate a sequence for event {event.id} of workflow "
             f"{event.workflow_id} after {_SAVE_ATTEMPTS} attempts"
         )
+
+    async def _announce(self, stored: WorkflowEvent) -> None:
+        """Tell every process's relay that `stored` exists (see the module docstring)."""
+        held = self._held
+        if held is not None and not is_autocommit(held):
+            # Not committed yet: a notification in the same transaction arrives with it.
+            await held.execute(
+                select(func.pg_notify(EVENTS_CHANNEL, f"{stored.workflow_id}:{stored.sequence}"))
+            )
+            return
+        self._db.event_hints.add(stored.workflow_id, stored.sequence)
 
     async def get_max_event_sequence(self, workflow_id: uuid.UUID) -> int:
         """The highest stored event sequence of a workflow, 0 when it has no events."""

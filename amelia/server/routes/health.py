@@ -53,6 +53,10 @@ def _this_process(services: Services) -> dict[str, Any]:
         "listen_connected": bool(listener and listener.connected),
         "listen_reconnects": listener.reconnects if listener else 0,
         "events_relayed": relay.delivered_count if relay else 0,
+        # Events found by the periodic sweep because their hint never arrived.
+        "events_swept": relay.swept_count if relay else 0,
+        "event_hints_pending": services.db.event_hints.pending,
+        "event_notifications_sent": services.db.event_hints.sent_notifications,
     }
 
 

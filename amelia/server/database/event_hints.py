@@ -1,0 +1,185 @@
+"""Hints of new events, sent by the writing process after commit, many per notification.
+
+Every process's event relay learns from notifications on `amelia_events` which workflows
+have new events (`cluster.event_relay`). The insert trigger of `workflow_log` used to send
+one notification per event, and PostgreSQL wakes every listening session on each notifying
+commit: with a listener per server process, event writes ran at half their speed. So
+Amelia's connections set `amelia.event_hints = 'deferred'` (the trigger then stays quiet,
+other writers still notify per row) and the writer hands each stored event's (workflow,
+sequence) to `EventHints`, which sends them in batches:
+
+- the first hint after a quiet spell goes out at once (one round trip after the commit);
+- while hints keep coming, at most one round trip per `HINT_INTERVAL_SECONDS`, carrying
+  every hint collected meanwhile ("<workflow>:<lowest new sequence>", comma-separated,
+  split to fit NOTIFY's 8000 bytes). Relays read "everything after what they delivered",
+  so one hint per workflow per batch is enough;
+- unstored events sent whole to the other processes (`add_live`) travel in the same
+  batches, in the order they were added relative to the hints: a client sees a workflow's
+  stored and unstored events in the order they were emitted;
+- a failed send keeps its notices and is retried (the database may be restarting).
+
+What a process that dies between a commit and its send loses is a hint, not an event: the
+rows are stored, and every relay re-checks the workflows it follows now and then
+(`event_relay.SWEEP_SECONDS`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+
+from amelia.server.database.schema import EVENTS_CHANNEL
+
+logger = logging.getLogger(__name__)
+
+# Session setting that tells the `workflow_log` trigger the writer sends the hints itself.
+DEFERRED_HINTS_SETTING = "amelia.event_hints"
+DEFERRED_HINTS_VALUE = "deferred"
+# Under a stream of events, at most one round trip of notifications per this interval.
+HINT_INTERVAL_SECONDS = 0.005
+RETRY_SECONDS = 1.0
+# NOTIFY payloads must stay under 8000 bytes.
+MAX_HINT_PAYLOAD_BYTES = 7900
+
+# (channel, payload) pairs, notified in this order in one transaction.
+Sender = Callable[[list[tuple[str, str]]], Awaitable[None]]
+# Hints of one stretch without live notices: lowest new sequence per workflow.
+_Hints = dict[uuid.UUID, int]
+
+
+def encode_hints(hints: _Hints) -> list[str]:
+    """Payloads of "<workflow>:<sequence>" items joined by commas, each under the limit."""
+    payloads: list[str] = []
+    items: list[str] = []
+    size = 0
+    for workflow_id, sequence in hints.items():
+        item = f"{workflow_id}:{sequence}"
+        if items and size + 1 + len(item) > MAX_HINT_PAYLOAD_BYTES:
+            payloads.append(",".join(items))
+            items, size = [], 0
+        size += len(item) + (1 if items else 0)
+        items.append(item)
+    if items:
+        payloads.append(",".join(items))
+    return payloads
+
+
+def decode_hints(payload: str) -> list[tuple[uuid.UUID, int]]:
+    """The (workflow, sequence) pairs of a payload; ValueError when malformed."""
+    hints = []
+    for item in payload.split(","):
+        workflow_text, _, sequence_text = item.rpartition(":")
+        hints.append((uuid.UUID(workflow_text), int(sequence_text)))
+    return hints
+
+
+class EventHints:
+    """Collects the hints of committed events (and live notices) and notifies them in batches."""
+
+    def __init__(self, send: Sender, interval: float = HINT_INTERVAL_SECONDS) -> None:
+        self._send = send
+        self._interval = interval
+        # In order: stretches of hints, and live notices (channel, payload) between them.
+        self._pending: list[_Hints | tuple[str, str]] = []
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        # Notices added so far, and how many of them have been sent (for `flush`).
+        self._added = 0
+        self._sent_through = 0
+        self._progress = asyncio.Event()
+        self.sent_notifications = 0
+        self.sent_hints = 0
+
+    @property
+    def pending(self) -> int:
+        """Hints and notices not sent yet."""
+        return sum(len(item) if isinstance(item, dict) else 1 for item in self._pending)
+
+    def add(self, workflow_id: uuid.UUID, sequence: int) -> None:
+        """Announce a committed event (call only after its commit)."""
+        if self._closed:
+            return
+        if not self._pending or not isinstance(self._pending[-1], dict):
+            self._pending.append({})
+        hints = self._pending[-1]
+        assert isinstance(hints, dict)
+        known = hints.get(workflow_id)
+        if known is None or sequence < known:
+            hints[workflow_id] = sequence
+        self._added += 1
+        self._wake()
+
+    def add_live(self, channel: str, payload: str) -> None:
+        """Notify `payload` on `channel` after the hints added before it."""
+        if self._closed:
+            return
+        self._pending.append((channel, payload))
+        self._added += 1
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(
+                self._send_pending(), name="amelia-event-hints"
+            )
+
+    async def _send_pending(self) -> None:
+        failing = False
+        while self._pending:
+            batch, self._pending = self._pending, []
+            through = self._added
+            notices: list[tuple[str, str]] = []
+            for item in batch:
+                if isinstance(item, dict):
+                    notices.extend((EVENTS_CHANNEL, payload) for payload in encode_hints(item))
+                else:
+                    notices.append(item)
+            try:
+                await self._send(notices)
+            except asyncio.CancelledError:
+                self._pending[:0] = batch
+                raise
+            except Exception as exc:
+                self._pending[:0] = batch
+                if not failing:
+                    logger.warning("could not send event hints (retrying): %s", exc)
+                failing = True
+                await asyncio.sleep(RETRY_SECONDS)
+                continue
+            if failing:
+                logger.info("event hints are sent again")
+                failing = False
+            self.sent_notifications += len(notices)
+            self.sent_hints += sum(len(item) for item in batch if isinstance(item, dict))
+            self._sent_through = through
+            self._progress.set()
+            # Gather what the next few milliseconds bring into one round trip.
+            await asyncio.sleep(self._interval)
+
+    async def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until every notice added before this call has been sent; False on timeout."""
+        target = self._added
+        try:
+            async with asyncio.timeout(timeout):
+                while self._sent_through < target:
+                    if self._task is None or self._task.done():
+                        return not self._pending  # nothing left that could be sent
+                    self._progress.clear()
+                    await self._progress.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Send what is pending (within `timeout`), then accept no more notices."""
+        if not await self.flush(timeout):
+            logger.warning("%d event hints were not sent before closing", self.pending)
+        self._closed = True
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
