@@ -1,8 +1,4 @@
-"""Count the statements a repository call sends (SQLAlchemy's and the fast read path's).
-
-The batched event hints (`Database.event_hints`) go out in the background after a save,
-not as part of any call: they are not counted.
-"""
+"""Count the statements a repository call sends (SQLAlchemy's and the fast read path's)."""
 
 from __future__ import annotations
 
@@ -13,7 +9,6 @@ from typing import Any
 from sqlalchemy import event as sa_event
 
 from amelia.server.database import Database
-from amelia.server.database.connection import EVENT_HINTS_STATEMENT
 
 
 @contextmanager
@@ -22,14 +17,12 @@ def count_statements(db: Database) -> Iterator[list[str]]:
     statements: list[str] = []
 
     def record(*args: Any) -> None:
-        if args[2] != hint_sql:
-            statements.append(args[2])
+        statements.append(args[2])
 
     def record_direct(sql: str, arguments: tuple[Any, ...]) -> None:
         statements.append(sql)
 
     engine = db.engine.sync_engine
-    hint_sql = str(EVENT_HINTS_STATEMENT.compile(dialect=engine.dialect))
     sa_event.listen(engine, "before_cursor_execute", record)
     db.direct_statement_listeners.append(record_direct)
     try:

@@ -29,7 +29,7 @@ from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from sqlalchemy.engine import URL, make_url
 
-from amelia.server.checkpoint_saver import PooledPostgresSaver
+from amelia.server.checkpoint_saver import CheckpointTimeout, PooledPostgresSaver
 from amelia.server.cluster.fenced_saver import FencedSaver
 from amelia.server.config import ServerConfig, psycopg_conninfo, redact_url
 from amelia.server.database.connection import DatabaseConnectionError, describe_connection_failure
@@ -142,7 +142,10 @@ class CheckpointStore:
         prepare_threshold: psycopg's `prepare_threshold`; None disables prepared statements
             (needed behind a transaction-mode pooler).
         application_name: shown in `pg_stat_activity`.
-        statement_timeout_ms: server-side statement timeout; 0 disables it.
+        statement_timeout_ms: server-side statement timeout; 0 disables it. A call that has
+            no answer one second after it (the server would have cancelled the statement by
+            then, so the link or the server is gone) fails with `CheckpointTimeout`, as the
+            SQLAlchemy side does, instead of hanging until the network heals.
         open_timeout: seconds `open()` waits for the pool's first connections.
         pool_timeout: seconds a call waits for a free pooled connection.
         check_connections: also check each connection as it is checked out (one more round
@@ -186,8 +189,10 @@ class CheckpointStore:
             "application_name": application_name[:63],
             "connect_timeout": max(2, round(open_timeout)),  # libpq: whole seconds, >= 2
         }
+        self._deadline: float | None = None
         if statement_timeout_ms:
             self._connect_kwargs["options"] = f"-c statement_timeout={statement_timeout_ms}"
+            self._deadline = statement_timeout_ms / 1000 + 1
         self._pool: AsyncConnectionPool[AsyncConnection[DictRow]] | None = None
         self._saver: PooledPostgresSaver | None = None
 
@@ -258,7 +263,9 @@ class CheckpointStore:
             raise await self._connection_error(exc) from exc
         self._pool = pool
         # Fenced: inside a run, writes are refused once another process owns the run.
-        self._saver = FencedSaver(pool, serde=self._serde or checkpoint_serializer())
+        self._saver = FencedSaver(
+            pool, serde=self._serde or checkpoint_serializer(), deadline=self._deadline
+        )
         logger.info("checkpoint pool open on %s (max %d)", self.redacted_url, self._max_size)
         return self._saver
 
@@ -362,7 +369,8 @@ class CheckpointStore:
             workflow_ids: workflow ids (UUIDs or their strings); duplicates are ignored.
 
         Returns:
-            How many threads were deleted without error (a thread with no checkpoints counts).
+            How many threads were deleted without error (a thread with no checkpoints counts;
+            a database error or a `CheckpointTimeout` on one is logged and not counted).
         """
         saver = self.saver
         thread_ids = list(dict.fromkeys(thread_id_for(w) for w in workflow_ids))
@@ -372,7 +380,7 @@ class CheckpointStore:
             async with gate:
                 try:
                     await saver.adelete_thread(thread_id)
-                except psycopg.Error as exc:
+                except (psycopg.Error, CheckpointTimeout) as exc:
                     logger.warning("could not delete checkpoints of %s: %s", thread_id, exc)
                     return False
                 return True

@@ -10,7 +10,9 @@ the same data); what differs is how the work reaches PostgreSQL:
   the planner hash every blob the thread ever wrote, which grows with the thread's history;
 - (de)serialisation runs inline rather than through `asyncio.to_thread`: the thread hop costs
   more than msgpack does, and the GIL gives it no parallelism anyway;
-- a read gives its connection back before it decodes the row.
+- a read gives its connection back before it decodes the row;
+- with a `deadline`, a statement that gets no answer in time fails (`CheckpointTimeout`)
+  instead of waiting for a dead link to heal, and its connection is discarded.
 
 On a single connection or a pipeline every call takes the stock path (and its lock).
 """
@@ -19,6 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from functools import lru_cache, partial
@@ -39,6 +43,7 @@ from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from langgraph.checkpoint.serde.base import SerializerProtocol
 from langgraph.checkpoint.serde.types import _DeltaSnapshot
 from psycopg import AsyncConnection, AsyncCursor
+from psycopg.pq import TransactionStatus
 from psycopg.rows import DictRow, dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
@@ -131,6 +136,47 @@ class ConnectionLost(psycopg.OperationalError):
     """A pooled connection died under a saver call (terminated backend, server restart)."""
 
 
+class CheckpointTimeout(TimeoutError):
+    """A checkpoint statement got no answer within its deadline: PostgreSQL is unreachable.
+
+    Its connection was cut and discarded. Not retried here: the next attempt would most
+    likely wait as long (the caller decides, as for any timeout).
+    """
+
+
+class _Deadline:
+    """Cuts `conn` when a statement on it is still waiting `seconds` after the checkout.
+
+    Cancelling the waiting task would not do: psycopg then asks the server to cancel the
+    statement and waits for that too, through the same dead link. Shutting the socket down
+    makes the pending read fail at once and leaves the connection broken, so the pool
+    discards it rather than handing it out again.
+    """
+
+    def __init__(self, conn: AsyncConnection[Any], seconds: float) -> None:
+        self.conn = conn
+        self.seconds = seconds
+        self.expired = False
+        self._timer = asyncio.get_running_loop().call_later(seconds, self._check)
+
+    def _check(self) -> None:
+        if self.conn.closed:
+            return
+        if self.conn.pgconn.transaction_status == TransactionStatus.IDLE:
+            # Nothing in flight (an `alist` caller is still iterating): not our business.
+            self._timer = asyncio.get_running_loop().call_later(self.seconds, self._check)
+            return
+        self.expired = True
+        try:
+            with socket.socket(fileno=os.dup(self.conn.pgconn.socket)) as sock:
+                sock.shutdown(socket.SHUT_RDWR)
+        except (OSError, psycopg.Error) as exc:  # already gone: its read fails anyway
+            logger.info("could not cut a timed-out checkpoint connection: %s", exc)
+
+    def disarm(self) -> None:
+        self._timer.cancel()
+
+
 class PooledPostgresSaver(AsyncPostgresSaver):
     """`AsyncPostgresSaver` without the global lock, and with cheaper statements, on a pool.
 
@@ -152,8 +198,13 @@ class PooledPostgresSaver(AsyncPostgresSaver):
         conn: AsyncConnection[DictRow] | AsyncConnectionPool[AsyncConnection[DictRow]],
         pipe: psycopg.AsyncPipeline | None = None,
         serde: SerializerProtocol | None = None,
+        *,
+        deadline: float | None = None,
     ) -> None:
+        """`deadline`: seconds a call may wait for PostgreSQL once it has its pooled
+        connection (the statement timeout plus one second); None waits for ever."""
         super().__init__(conn, pipe=pipe, serde=serde)
+        self.deadline = deadline
         # Two in-process prunes of one thread fail each other (SerializationFailure); the
         # stock lock used to keep them apart, so prunes keep a lock of their own.
         self._prune_lock = asyncio.Lock()
@@ -171,7 +222,7 @@ class PooledPostgresSaver(AsyncPostgresSaver):
             return
         # The same branches as the stock method, minus `self.lock`: the connection is ours
         # alone until the block ends and goes back to the pool.
-        async with self.conn.connection() as conn:
+        async with self.conn.connection() as conn, self._deadline(conn):
             try:
                 if not pipeline:
                     async with conn.cursor(binary=True, row_factory=dict_row) as cur:
@@ -192,6 +243,27 @@ class PooledPostgresSaver(AsyncPostgresSaver):
                 if isinstance(exc, ConnectionLost) or not (conn.broken or conn.closed):
                     raise
                 raise ConnectionLost(str(exc)) from exc
+
+    @asynccontextmanager
+    async def _deadline(self, conn: AsyncConnection[Any]) -> AsyncIterator[None]:
+        """Within the block, `conn` is cut when its statement outlives `self.deadline`;
+        what the block then raises becomes a `CheckpointTimeout`."""
+        if self.deadline is None:
+            yield
+            return
+        deadline = _Deadline(conn, self.deadline)
+        try:
+            yield
+        except Exception as exc:
+            if not deadline.expired:
+                raise
+            raise CheckpointTimeout(
+                f"PostgreSQL did not answer a checkpoint statement within {self.deadline:g} s "
+                "(statement timeout + 1 s): the database is unreachable; the connection was "
+                "discarded"
+            ) from exc
+        finally:
+            deadline.disarm()
 
     async def _retrying(self, call: Callable[[], Awaitable[_T]]) -> _T:
         # Every pooled connection may be dead (server restart): allow one attempt per

@@ -13,12 +13,13 @@ from typing import Any
 import pytest
 
 from tests.orchestrator.agent_server import AgentServer
-from tests.reliability.owned_pg import OwnedPostgres
+from tests.reliability.owned_pg import OwnedPostgres, remove_stale_clusters
 
 
 @pytest.fixture(scope="session")
 def owned_pg() -> Iterator[OwnedPostgres]:
     """A PostgreSQL cluster the suite may restart at will (never the shared one)."""
+    remove_stale_clusters()  # left running by runs that were killed
     server = OwnedPostgres().start()
     try:
         yield server

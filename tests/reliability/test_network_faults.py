@@ -6,18 +6,27 @@
   the server answers again, then every request succeeds.
 - Every idle pooled connection reset: the next request of every kind succeeds, including a
   checkpoint write.
+- A checkpoint write under a blackhole (plain, and fenced inside a run) fails within the
+  statement timeout plus one second with a clear error, not a hang; its connection is
+  discarded; the next write after healing succeeds.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import empty_checkpoint
 
+from amelia.server.checkpoint import CheckpointStore, setup_checkpoint_tables, thread_config
+from amelia.server.checkpoint_saver import CheckpointTimeout, PooledPostgresSaver
+from amelia.server.cluster.fencing import RunToken, running
 from bench.reliability_report import ScenarioResult, record
 from tests.reliability.conftest import PacedAgents
 from tests.reliability.integrity import missing_profiles, wait_status
@@ -265,3 +274,90 @@ async def test_resetting_every_idle_pooled_connection(
         checks,
     )
     assert not unmet, (unmet, failures(outcomes))
+
+
+CHECKPOINT_STATEMENT_TIMEOUT_MS = 2000
+
+
+async def put_checkpoint(saver: PooledPostgresSaver, thread_id: str, value: int) -> None:
+    checkpoint = empty_checkpoint()
+    checkpoint["channel_values"] = {"value": value}
+    checkpoint["channel_versions"] = {"value": str(value)}
+    config: RunnableConfig = {"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}}
+    await saver.aput(config, checkpoint, {"source": "loop", "step": value}, {"value": str(value)})
+
+
+async def latest_value(saver: PooledPostgresSaver, thread_id: str) -> object:
+    loaded = await saver.aget_tuple(thread_config(thread_id))
+    return None if loaded is None else loaded.checkpoint["channel_values"].get("value")
+
+
+async def timed_write(
+    saver: PooledPostgresSaver, thread_id: str, token: RunToken | None, bound: float
+) -> tuple[float, BaseException | None]:
+    """(seconds, what the write raised) for one write that must not outlive `bound`."""
+    started = time.monotonic()
+    try:
+        async with asyncio.timeout(bound):  # past this it hung: the finding itself
+            if token is None:
+                await put_checkpoint(saver, thread_id, 2)
+            else:
+                with running(token):
+                    await put_checkpoint(saver, thread_id, 2)
+    except Exception as exc:
+        return time.monotonic() - started, exc
+    return time.monotonic() - started, None
+
+
+async def test_a_checkpoint_write_under_a_blackhole_fails_within_its_deadline(
+    owned_pg: OwnedPostgres, scenario_db: str
+) -> None:
+    deadline_s = CHECKPOINT_STATEMENT_TIMEOUT_MS / 1000 + 1
+    direct = owned_pg.url(scenario_db)
+    await setup_checkpoint_tables(direct)
+    # A workflow row whose fence the run's writes carry (fenced writes check it first).
+    workflow_id = uuid.uuid4()
+    async with await observer(direct) as watcher:
+        await watcher.execute(
+            "INSERT INTO workflows (id, issue_id, worktree_path, fence) VALUES (%s, %s, %s, 7)",
+            (workflow_id, "CKPT-DEADLINE", f"/tmp/{workflow_id}"),
+        )
+    token = RunToken(workflow_id=workflow_id, fence=7)
+    plain, fenced = str(uuid.uuid4()), str(workflow_id)
+    async with TcpProxy("127.0.0.1", owned_pg.port) as proxy:
+        store = CheckpointStore(
+            owned_pg.url(scenario_db, port=proxy.port),
+            min_size=2,
+            max_size=2,
+            statement_timeout_ms=CHECKPOINT_STATEMENT_TIMEOUT_MS,
+            application_name="reliability-checkpoint-deadline",
+        )
+        async with store:
+            saver = store.saver
+            await put_checkpoint(saver, plain, 1)
+            with running(token):
+                await put_checkpoint(saver, fenced, 1)
+            bad_before = store.pool.get_stats().get("returns_bad", 0)
+
+            proxy.blackhole()
+            # Both pooled connections are idle and look fine: each write gets one at once
+            # and sends its statement into the blackhole.
+            results = await asyncio.gather(
+                timed_write(saver, plain, None, deadline_s + 5),
+                timed_write(saver, fenced, token, deadline_s + 5),
+            )
+            discarded = store.pool.get_stats().get("returns_bad", 0) - bad_before
+            proxy.heal()
+
+            # The next writes after healing succeed, on connections the pool opened anew.
+            await put_checkpoint(saver, plain, 3)
+            with running(token):
+                await put_checkpoint(saver, fenced, 3)
+            values = (await latest_value(saver, plain), await latest_value(saver, fenced))
+
+    for seconds, error in results:
+        assert isinstance(error, CheckpointTimeout), (seconds, repr(error))
+        assert "did not answer" in str(error) and f"{deadline_s:g} s" in str(error)
+        assert deadline_s - 0.5 < seconds < deadline_s + 1, seconds
+    assert discarded == 2, "each timed-out connection is discarded, not pooled again"
+    assert values == (3, 3)

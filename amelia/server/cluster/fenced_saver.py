@@ -69,7 +69,7 @@ class FencedSaver(PooledPostgresSaver):
             async with super()._cursor(pipeline=pipeline) as cur:
                 yield cur
             return
-        async with self.conn.connection() as conn:
+        async with self.conn.connection() as conn, self._deadline(conn):
             try:
                 async with (
                     conn.pipeline(),

@@ -15,17 +15,24 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Collection
+from collections.abc import Awaitable, Callable, Collection, Coroutine
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from amelia.agents.prompts.resolver import PromptResolver
 from amelia.core.types import Issue, Profile, TrackerType
 from amelia.pipelines.parsing import ParsedPlan, parse_plan
 from amelia.pipelines.state import DEFAULT_MAX_REVIEW_PASSES
 from amelia.server.cluster.fencing import RunToken, running
-from amelia.server.database.connection import Database
+from amelia.server.database.connection import (
+    Database,
+    DatabaseConnectionError,
+    connection_lost,
+)
 from amelia.server.database.profile_repository import ProfileRepository
 from amelia.server.database.prompt_repository import PromptRepository
 from amelia.server.database.repository import WorkflowRepository
@@ -57,7 +64,13 @@ from amelia.server.orchestrator.worktree import (
 
 logger = logging.getLogger(__name__)
 
+_T = TypeVar("_T")
+
 S = WorkflowStatus
+# Pauses between the attempts of the reads a run starts with (its row, profile, prompts). A
+# killed connection or a short outage there is no fault of the workflow: failing it would
+# leave it without a checkpoint, which no resume can start from.
+START_READ_DELAYS: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
 TAKEOVER_REASON = (
     "The servers running this workflow stopped {count} times while running it; "
     "resume it to try again"
@@ -94,12 +107,16 @@ class OrchestratorService:
         self.process_id = process_id or uuid.uuid4()
         self.lease_seconds = lease_seconds
         self.max_takeovers = max_takeovers
+        self.start_read_delays = START_READ_DELAYS
         # The runs this process owns: {workflow id: (its token, the task driving it)}.
         self._tasks: dict[uuid.UUID, tuple[RunToken, asyncio.Task[None]]] = {}
         # Runs claimed by a command (approve, replan) that prepares them before they start:
         # owned by this process already, so lease renewal must keep them.
         self._preparing: dict[uuid.UUID, RunToken] = {}
         self._releases: set[asyncio.Task[None]] = set()
+        # Commands that claim a run (approve, replan, plan), carried through to the hand-off
+        # even when their caller is cancelled (see `_carry_through`).
+        self._commands: set[asyncio.Task[Any]] = set()
         # Set when a run of this process ends: a slot may be free for the claimer.
         self.run_ended = asyncio.Event()
         self.refused_writes = 0
@@ -186,6 +203,49 @@ class OrchestratorService:
                 await self._signals.announce_work()
         except Exception as exc:  # the lease expires by itself
             logger.info("could not release the run of %s: %s", token.workflow_id, exc)
+
+    def _give_up(self, token: RunToken) -> None:
+        """A claimed run that will not start here: stop renewing it and release it now, so
+        that any process can claim it at once rather than when its lease expires."""
+        if self._preparing.get(token.workflow_id) is token:
+            del self._preparing[token.workflow_id]
+        release = asyncio.create_task(self._release_quietly(token))
+        self._releases.add(release)
+        release.add_done_callback(self._releases.discard)
+
+    async def _carry_through(self, command: Coroutine[Any, Any, _T]) -> _T:
+        """Run a command that claims a run to its end even if the caller is cancelled.
+
+        Between its claim and its hand-off to a task, a cancelled request (a client that
+        went away) would leave the run owned here with nobody running it. So the command
+        runs in a task of its own: the caller's cancellation stops the waiting, not the
+        command, which still starts the run (or fails and releases it).
+        """
+        task = asyncio.create_task(command)
+        self._commands.add(task)
+        task.add_done_callback(self._commands.discard)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.add_done_callback(_report_orphaned)  # nobody else will hear how it ended
+            raise
+
+    async def _read_to_start(self, read: Callable[[], Awaitable[_T]]) -> _T:
+        """A read a run starts with, tried again while the database does not answer.
+
+        Raises:
+            The last error, when the database still does not answer after every pause of
+            `start_read_delays` (the caller then leaves the run to be claimed again).
+        """
+        for delay in self.start_read_delays:
+            try:
+                return await read()
+            except Exception as exc:
+                if not database_unreachable(exc):
+                    raise
+                logger.warning("run start: %s; reading again in %.1f s", exc, delay)
+            await asyncio.sleep(delay)
+        return await read()
 
     async def _max_concurrent(self) -> int:
         return (await self._settings.get_server_settings()).max_concurrent
@@ -281,7 +341,17 @@ class OrchestratorService:
             except FencedOutError as exc:
                 self.refused_writes += 1
                 logger.warning("%s; the run stops here", exc)
-            except Exception:
+            except Exception as exc:
+                if database_unreachable(exc):
+                    # Released when this task ends: claimed again (here or elsewhere) and
+                    # run from where it is, once the database answers.
+                    logger.warning(
+                        "workflow %s: the database does not answer (%s); the run waits for "
+                        "the next claim",
+                        token.workflow_id,
+                        exc,
+                    )
+                    return
                 # A final write failed (database gone): the run is released when this task
                 # ends, and resumes from its checkpoint wherever it is claimed next.
                 logger.exception("workflow %s: the run stopped on an error", token.workflow_id)
@@ -292,9 +362,11 @@ class OrchestratorService:
     async def _execute_run(self, workflow_id: uuid.UUID, fence: int, *, planning: bool) -> None:
         """Run a workflow's graph with retries; record how it ended."""
         try:
-            row = await self._get(workflow_id)
-            profile = await self._profile(row.profile_id)
+            row = await self._read_to_start(partial(self._get, workflow_id))
+            profile = await self._read_to_start(partial(self._profile, row.profile_id))
         except Exception as exc:
+            if database_unreachable(exc):
+                raise  # not the workflow's fault: it runs on the next claim
             await self._fail(
                 workflow_id, f"Cannot run workflow: {exc}", planning=planning, fence=fence
             )
@@ -302,7 +374,7 @@ class OrchestratorService:
         retry = profile.retry
         attempt = 0
         while True:
-            runtime = await self._runtime(row)
+            runtime = await self._read_to_start(partial(self._runtime, row))
             try:
                 result = await self._runner.run(row, runtime, self._initial(row))
                 break
@@ -514,20 +586,27 @@ class OrchestratorService:
         workflow_id = await self.queue_workflow(
             issue_id, worktree_path, profile, task_title, task_description
         )
+        await self._carry_through(self._plan_queued(workflow_id))
+        return workflow_id
+
+    async def _plan_queued(self, workflow_id: uuid.UUID) -> None:
         token = await self._leases.claim_transition(
             workflow_id, self.process_id, self.lease_seconds, (S.PENDING,), S.PENDING
         )
         if token is None:  # started or cancelled in the meantime: nothing to plan
-            return workflow_id
+            return
         self._preparing[workflow_id] = token
-        await self._emitter.emit(
-            workflow_id,
-            EventType.STAGE_STARTED,
-            "Planning",
-            data={"stage": "architect", "planning": True},
-        )
+        try:
+            await self._emitter.emit(
+                workflow_id,
+                EventType.STAGE_STARTED,
+                "Planning",
+                data={"stage": "architect", "planning": True},
+            )
+        except BaseException:
+            self._give_up(token)
+            raise
         self._run(token)
-        return workflow_id
 
     async def start_pending_workflow(
         self, workflow_id: uuid.UUID, *, check_capacity: bool = True, claim: bool = True
@@ -639,17 +718,22 @@ class OrchestratorService:
         """Approve a blocked plan; the run continues in a tracked task of this process.
 
         The approving process claims the run together with the status change, so no other
-        process starts it before the approval is in the checkpoint.
+        process starts it before the approval is in the checkpoint. Carried through when the
+        caller is cancelled: a run started without the approval would end the graph there.
         """
+        await self._carry_through(self._approve(workflow_id))
+
+    async def _approve(self, workflow_id: uuid.UUID) -> None:
         token = await self._claim_cas(workflow_id, (S.BLOCKED,), S.IN_PROGRESS, "approve")
-        await self._emitter.emit(workflow_id, EventType.APPROVAL_GRANTED, "Plan approved")
-        row = await self._get(workflow_id)
         try:
+            await self._emitter.emit(workflow_id, EventType.APPROVAL_GRANTED, "Plan approved")
+            row = await self._get(workflow_id)
             with running(token):
                 await self._runner.set_approval(row, True)
-        except Exception as exc:
-            self._preparing.pop(workflow_id, None)
-            await self._fail(workflow_id, f"Could not record the approval: {exc}")
+        except BaseException as exc:
+            self._give_up(token)
+            if isinstance(exc, Exception):
+                await self._fail(workflow_id, f"Could not record the approval: {exc}")
             raise
         self._run(token)
 
@@ -755,7 +839,11 @@ class OrchestratorService:
         }
 
     async def replan_workflow(self, workflow_id: uuid.UUID) -> None:
-        """Throw away a blocked plan and let the architect plan again."""
+        """Throw away a blocked plan and let the architect plan again (carried through when
+        the caller is cancelled, as approve is)."""
+        await self._carry_through(self._replan(workflow_id))
+
+    async def _replan(self, workflow_id: uuid.UUID) -> None:
         row = await self._get(workflow_id)
         if row.profile_id is None:
             raise InvalidStateError(
@@ -777,8 +865,7 @@ class OrchestratorService:
                 data={"stage": "architect", "replan": True},
             )
         except BaseException:
-            # Not started here: the next renewal hands the claimed run to any process.
-            self._preparing.pop(workflow_id, None)
+            self._give_up(token)  # not started here: any process may plan it
             raise
         self._run(token)
 
@@ -804,6 +891,8 @@ class OrchestratorService:
         """At shutdown: stop this process's runs and hand them to the other processes
         (statuses stay; a run resumes from its checkpoint wherever it is claimed next)."""
         self.accepting = False
+        if self._commands:  # an approve on its way hands its run over first
+            await asyncio.wait(list(self._commands), timeout=timeout)
         tasks = [task for _token, task in self._tasks.values()]
         for task in tasks:
             task.cancel()
@@ -831,6 +920,19 @@ def external_plan(
     return cache, parsed
 
 
+def _report_orphaned(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.warning("a command whose caller left failed: %r", task.exception())
+
+
+def database_unreachable(exc: BaseException) -> bool:
+    """The database did not answer (connection lost, outage, timeout, no free connection):
+    worth trying again later, never a reason to fail a workflow."""
+    return isinstance(
+        exc, DatabaseConnectionError | TimeoutError | PoolTimeoutError
+    ) or connection_lost(exc)
+
+
 def is_transient(exc: BaseException) -> bool:
     """Errors worth retrying: timeouts, dropped connections, provider overload."""
     from amelia.drivers.base import DriverTransientError
@@ -838,4 +940,4 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, DriverTransientError | TimeoutError | ConnectionError)
 
 
-__all__ = ["InvalidWorktreeError", "OrchestratorService", "is_transient"]
+__all__ = ["InvalidWorktreeError", "OrchestratorService", "database_unreachable", "is_transient"]
