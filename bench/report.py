@@ -52,12 +52,63 @@ def _repositories(section: dict[str, Any]) -> list[str]:
     return lines
 
 
+# Each suite's section, by the start of its heading: a suite not run this time (latest.json
+# lives on the machine that ran it, not in git) keeps its section from the current file.
+SECTION_HEADINGS = {
+    "repositories": "## Repositories vs raw asyncpg",
+    "checkpoints": "## Checkpoints:",
+    "checkpoint_growth": "## Checkpoint size",
+    "api": "## HTTP API under load",
+    "cluster": "## Several processes",
+}
+
+
+def _existing_sections() -> dict[str, list[str]]:
+    """The current file's sections by suite (heading line to the line before the next)."""
+    if not RESULTS_MD.exists():
+        return {}
+    sections: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in RESULTS_MD.read_text().splitlines():
+        if line.startswith("## "):
+            suite = next((k for k, h in SECTION_HEADINGS.items() if line.startswith(h)), None)
+            current = sections.setdefault(suite, []) if suite else None
+        if current is not None:
+            current.append(line)
+    return sections
+
+
+def _render_suite(suite: str, section: dict[str, Any]) -> list[str]:
+    if suite == "repositories":
+        return _repositories(section)
+    if suite == "checkpoints":
+        from bench import checkpoints
+
+        return checkpoints.render(section)
+    if suite == "checkpoint_growth":
+        from bench import checkpoint_growth
+
+        return checkpoint_growth.render(section)
+    if suite == "api":
+        from bench import api
+
+        return api.render(section)
+    from bench import cluster
+
+    return cluster.render(section)
+
+
 def render() -> str:
     results = load_results()
+    kept = _existing_sections()
     lines = ["# Benchmark results", ""]
     facts = results.get("machine", {})
     if facts:
         lines.append("Machine: " + ", ".join(f"{k} {v}" for k, v in facts.items()) + ".")
+        if any(suite not in results and suite in kept for suite in SECTION_HEADINGS):
+            lines.append(
+                "Sections of suites not run then are kept from earlier runs (see git log)."
+            )
         lines.append("")
     if "seed" in results:
         seed = results["seed"]
@@ -65,24 +116,16 @@ def render() -> str:
             "Seeding: " + ", ".join(f"{k.removesuffix('_s')} {v:.1f} s" for k, v in seed.items())
         )
         lines.append("")
-    if "repositories" in results:
-        lines += _repositories(results["repositories"])
-    if "checkpoints" in results:
-        from bench import checkpoints
-
-        lines += checkpoints.render(results["checkpoints"])
-    if "checkpoint_growth" in results:
-        from bench import checkpoint_growth
-
-        lines += checkpoint_growth.render(results["checkpoint_growth"])
-    if "api" in results:
-        from bench import api
-
-        lines += api.render(results["api"])
-    if "cluster" in results:
-        from bench import cluster
-
-        lines += cluster.render(results["cluster"])
+    elif RESULTS_MD.exists():
+        old = [line for line in RESULTS_MD.read_text().splitlines() if line.startswith("Seeding:")]
+        lines += [*old[:1], ""] if old else []
+    for suite in SECTION_HEADINGS:
+        if suite in results:
+            lines += _render_suite(suite, results[suite])
+        elif suite in kept:
+            lines += [*kept[suite]]
+            if lines[-1] != "":
+                lines.append("")
     from bench import reliability_report
 
     # Written by `make test-reliability`; kept when the benchmarks rewrite this file.

@@ -18,7 +18,7 @@ import pytest
 from amelia.server.cluster.event_relay import LIVE_CHANNEL, EventRelay
 from amelia.server.cluster.listener import Listener
 from amelia.server.database import Database
-from amelia.server.database.event_feed import EventFeedRepository
+from amelia.server.database.event_feed import _FAST_EVENTS_AFTER_SEQUENCES, EventFeedRepository
 from amelia.server.database.event_hints import (
     MAX_HINT_PAYLOAD_BYTES,
     decode_hints,
@@ -226,3 +226,59 @@ async def test_the_relay_sweeps_up_events_whose_hint_never_came(
         await silent.close()
         await relay.stop()
         await listener.stop()
+
+
+async def test_reading_new_events_looks_them_up_by_index_even_in_a_generic_plan(
+    db: Database,
+) -> None:
+    """The relay's read is a prepared statement: its generic plan must not scan the table."""
+    workflows = [await add_workflow(db) for _ in range(3)]
+    async with db.connection() as conn:
+        await conn.exec_driver_sql(
+            "INSERT INTO workflow_log (id, workflow_id, sequence, timestamp, event_type, level, "
+            "message) SELECT gen_random_uuid(), w, n, now(), 'stage_started', 'info', 'm' "
+            "FROM unnest($1::uuid[]) AS w, generate_series(1, 20000) AS n",
+            (workflows,),
+        )
+        await conn.exec_driver_sql("ANALYZE workflow_log")
+        sql = _FAST_EVENTS_AFTER_SEQUENCES.compiled(db.engine.dialect).sql
+        await conn.exec_driver_sql("SET plan_cache_mode = force_generic_plan")
+        await conn.exec_driver_sql(f"PREPARE relay_read AS {sql}")
+        ids = ",".join(map(str, workflows))
+        result = await conn.exec_driver_sql(
+            f"EXPLAIN EXECUTE relay_read('{{{ids}}}', '{{19990,19990,19990}}')"
+        )
+        plan = "\n".join(row[0] for row in result)
+        await conn.exec_driver_sql("DEALLOCATE relay_read")
+        await conn.exec_driver_sql("RESET plan_cache_mode")
+    assert "uq_workflow_log__workflow_id_sequence" in plan, plan
+    assert "Seq Scan on workflow_log" not in plan, plan
+    events = await EventFeedRepository(db).events_after(dict.fromkeys(workflows, 19_990))
+    assert [(e.workflow_id, e.sequence) for e in events] == sorted(
+        (w, n) for w in workflows for n in range(19_991, 20_001)
+    )
+
+
+async def test_events_read_for_the_relay_equal_validated_events(db: Database) -> None:
+    """The relay's unvalidated construction builds what validation would, field for field."""
+    wid = await add_workflow(db)
+    repo = WorkflowRepository(db)
+    saved = [
+        await repo.save_event(make_event(wid, data={"n": 1, "nested": {"ü": [1, 2]}})),
+        await repo.save_event(make_event(wid, agent="", message="", data=None, is_error=True)),
+    ]
+    relayed = await EventFeedRepository(db).events_after({wid: 0})
+    read = await repo.get_recent_events(wid, 10)  # validated rows (`row_to_event`)
+    for fast, validated in zip(relayed, read, strict=True):
+        assert fast == validated
+        assert fast.model_dump() == validated.model_dump()
+        assert fast.model_dump_json() == validated.model_dump_json()
+        assert (
+            fast.model_fields_set
+            == WorkflowEvent.model_construct(
+                **{name: getattr(validated, name) for name in fast.model_fields_set}
+            ).model_fields_set
+        )
+        # Every field of the model is set (a new field must be added to stored_event).
+        assert set(fast.__dict__) == set(WorkflowEvent.model_fields)
+    assert [e.id for e in relayed] == [e.id for e in saved]

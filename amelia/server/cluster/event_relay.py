@@ -49,11 +49,13 @@ MAX_TRACKED_WORKFLOWS = 50_000
 # workflows the relay was not tracking (stamps come from the writers' clocks).
 CLOCK_SLACK = timedelta(seconds=60)
 RETRY_SECONDS = 1.0
-# Under a stream of events (the last read found at least BUSY_BATCH of them), wait this long
-# after a read before the next one, so each read carries many events: a query per event
-# would take the writers' CPU. A quiet stream is read at once, for the lowest delay.
-COALESCE_SECONDS = 0.02
-BUSY_BATCH = 4
+# While events arrive faster than BUSY_EVENTS_PER_SECOND (measured over RATE_WINDOW_SECONDS),
+# at most one read per COALESCE_SECONDS, so each read carries many events: a query per
+# event would take the writers' CPU. A slower stream is read at once, for the lowest delay.
+# (A rule on the last read's size would feed itself: pausing makes the next read bigger.)
+COALESCE_SECONDS = 0.05
+BUSY_EVENTS_PER_SECOND = 500.0
+RATE_WINDOW_SECONDS = 0.25
 # How often the followed workflows are checked for events whose hint never came.
 SWEEP_SECONDS = 5.0
 LIVE_CHANNEL = "amelia_live"
@@ -88,7 +90,9 @@ class EventRelay:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._last_read = 0.0
-        self._last_batch = 0
+        self._busy = False
+        self._window_start = time.monotonic()
+        self._window_events = 0
         self.delivered_count = 0
         self.last_delay_ms: float | None = None
         listener.on(EVENTS_CHANNEL, self._on_hint)
@@ -177,10 +181,10 @@ class EventRelay:
                     if not head.done():
                         head.set_result(None)
                     continue
-                # A run of consecutive hints: one read for all of them (after a short pause
-                # when the last read was just now, so that a stream is read in batches).
+                # A run of consecutive hints: one read for all of them (under a busy stream
+                # after a short pause, so that the stream is read in batches).
                 pause = self._last_read + COALESCE_SECONDS - time.monotonic()
-                if pause > 0 and self._last_batch >= BUSY_BATCH:
+                if pause > 0 and self._busy:
                     await asyncio.sleep(pause)
                 hinted: dict[uuid.UUID, int] = {}
                 while self._queue:
@@ -203,8 +207,15 @@ class EventRelay:
                     self._queue.extendleft((wid, low) for wid, low in hinted.items())
                     await asyncio.sleep(RETRY_SECONDS)
                     continue
-                self._last_batch = len(events)
+                self._measure_rate(len(events))
                 self._deliver(events)
+
+    def _measure_rate(self, count: int) -> None:
+        self._window_events += count
+        elapsed = time.monotonic() - self._window_start
+        if elapsed >= RATE_WINDOW_SECONDS:
+            self._busy = self._window_events / elapsed >= BUSY_EVENTS_PER_SECOND
+            self._window_start, self._window_events = time.monotonic(), 0
 
     def _deliver(self, events: list[WorkflowEvent]) -> None:
         now = time.time()

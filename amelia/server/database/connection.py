@@ -23,7 +23,7 @@ from types import TracebackType
 from typing import Any, Self
 
 import asyncpg
-from sqlalchemy import ARRAY, Text, bindparam, event, text
+from sqlalchemy import event, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -64,9 +64,10 @@ logger = logging.getLogger(__name__)
 
 URL_SETTING = "AMELIA_DATABASE_URL"
 # Notifications are delivered in the order a transaction sent them.
-EVENT_HINTS_STATEMENT = text(
-    "SELECT pg_notify(channel, payload) FROM unnest(:channels, :payloads) AS n(channel, payload)"
-).bindparams(bindparam("channels", type_=ARRAY(Text)), bindparam("payloads", type_=ARRAY(Text)))
+EVENT_HINTS_SQL = (
+    "SELECT pg_notify(channel, payload) "
+    "FROM unnest($1::text[], $2::text[]) AS notice(channel, payload)"
+)
 
 # SQLSTATEs of connection-time failures the user can fix by changing the URL or the server.
 _INVALID_PASSWORD = "28P01"
@@ -167,6 +168,8 @@ class Database:
         self.direct_statement_listeners: list[Callable[[str, tuple[Any, ...]], None]] = []
         # Our connections send the hints of the events they store themselves, batched.
         self.event_hints = EventHints(self._notify_events)
+        # The hints' own connection: behind a busy pool they would wait for a free one.
+        self._hints_conn: asyncpg.Connection | None = None
 
     @classmethod
     def from_config(cls, config: ServerConfig, database_url: str | URL) -> Database:
@@ -315,15 +318,32 @@ class Database:
             self._availability.report(exc)
 
     async def _notify_events(self, notices: list[tuple[str, str]]) -> None:
-        """One round trip: a notification per (channel, payload), in order."""
-        params = {"channels": [c for c, _ in notices], "payloads": [p for _, p in notices]}
-        async with self.connection() as conn:
-            await conn.execute(EVENT_HINTS_STATEMENT, params)
+        """One round trip on the hints' own connection: a notification per (channel, payload).
+
+        A connection found dead is replaced once at once (a terminated backend must not hold
+        up live events); a second failure is the caller's to retry.
+        """
+        channels, payloads = [c for c, _ in notices], [p for _, p in notices]
+        for attempt in (1, 2):
+            conn = self._hints_conn
+            if conn is None or conn.is_closed():
+                conn = self._hints_conn = await self._open_connection()
+            try:
+                await conn.execute(EVENT_HINTS_SQL, channels, payloads)
+                return
+            except BaseException as exc:
+                self._hints_conn = None
+                conn.terminate()
+                if attempt == 2 or not connection_lost(exc):
+                    raise
 
     async def close(self) -> None:
         """Send the pending event hints, dispose of the pool; never raises."""
         if self._engine is not None:
             await self.event_hints.close(timeout=self._pool_timeout)
+        hints_conn, self._hints_conn = self._hints_conn, None
+        if hints_conn is not None:
+            hints_conn.terminate()
         await self._availability.close()
         engine, self._engine, self._autocommit = self._engine, None, None
         if engine is None:

@@ -8,8 +8,11 @@ Amelia's connections set `amelia.event_hints = 'deferred'` (the trigger then sta
 other writers still notify per row) and the writer hands each stored event's (workflow,
 sequence) to `EventHints`, which sends them in batches:
 
-- the first hint after a quiet spell goes out at once (one round trip after the commit);
-- while hints keep coming, at most one round trip per `HINT_INTERVAL_SECONDS`, carrying
+- a hint goes out at once (one round trip after the commit) unless the previous round
+  trip started less than `HINT_INTERVAL_SECONDS` ago (`BUSY_HINT_INTERVAL_SECONDS` while
+  this process writes more than `BUSY_EVENTS_PER_SECOND`: every notification wakes every
+  listening process, so a fast stream is announced in few of them);
+- so under a stream there is at most one round trip per interval, carrying
   every hint collected meanwhile ("<workflow>:<lowest new sequence>", comma-separated,
   split to fit NOTIFY's 8000 bytes). Relays read "everything after what they delivered",
   so one hint per workflow per batch is enough;
@@ -38,8 +41,14 @@ logger = logging.getLogger(__name__)
 # Session setting that tells the `workflow_log` trigger the writer sends the hints itself.
 DEFERRED_HINTS_SETTING = "amelia.event_hints"
 DEFERRED_HINTS_VALUE = "deferred"
-# Under a stream of events, at most one round trip of notifications per this interval.
-HINT_INTERVAL_SECONDS = 0.005
+# At most one round trip of notifications per this interval (per process): an event stream
+# slower than one per interval is announced event by event, a faster one in batches.
+HINT_INTERVAL_SECONDS = 0.004
+# The interval while this process writes more events than this per second (measured over
+# RATE_WINDOW_SECONDS): a few dozen notifications a second then announce them all.
+BUSY_HINT_INTERVAL_SECONDS = 0.02
+BUSY_EVENTS_PER_SECOND = 500.0
+RATE_WINDOW_SECONDS = 0.25
 RETRY_SECONDS = 1.0
 # NOTIFY payloads must stay under 8000 bytes.
 MAX_HINT_PAYLOAD_BYTES = 7900
@@ -79,9 +88,18 @@ def decode_hints(payload: str) -> list[tuple[uuid.UUID, int]]:
 class EventHints:
     """Collects the hints of committed events (and live notices) and notifies them in batches."""
 
-    def __init__(self, send: Sender, interval: float = HINT_INTERVAL_SECONDS) -> None:
+    def __init__(
+        self,
+        send: Sender,
+        interval: float = HINT_INTERVAL_SECONDS,
+        busy_interval: float = BUSY_HINT_INTERVAL_SECONDS,
+    ) -> None:
         self._send = send
         self._interval = interval
+        self._busy_interval = busy_interval
+        self._busy = False
+        self._window_start = 0.0
+        self._window_sent = 0
         # In order: stretches of hints, and live notices (channel, payload) between them.
         self._pending: list[_Hints | tuple[str, str]] = []
         self._task: asyncio.Task[None] | None = None
@@ -89,6 +107,7 @@ class EventHints:
         # Notices added so far, and how many of them have been sent (for `flush`).
         self._added = 0
         self._sent_through = 0
+        self._last_send = -1e9  # loop time of the last round trip's start
         self._progress = asyncio.Event()
         self.sent_notifications = 0
         self.sent_hints = 0
@@ -127,8 +146,16 @@ class EventHints:
             )
 
     async def _send_pending(self) -> None:
+        loop = asyncio.get_running_loop()
         failing = False
         while self._pending:
+            # At most one round trip per interval, counted from the previous one's start:
+            # a stream slower than that is sent event by event at once, a faster one in
+            # batches (waiting after each send instead would delay even a slow stream).
+            interval = self._busy_interval if self._busy else self._interval
+            wait = self._last_send + interval - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
             batch, self._pending = self._pending, []
             through = self._added
             notices: list[tuple[str, str]] = []
@@ -137,6 +164,7 @@ class EventHints:
                     notices.extend((EVENTS_CHANNEL, payload) for payload in encode_hints(item))
                 else:
                     notices.append(item)
+            self._last_send = loop.time()
             try:
                 await self._send(notices)
             except asyncio.CancelledError:
@@ -154,10 +182,16 @@ class EventHints:
                 failing = False
             self.sent_notifications += len(notices)
             self.sent_hints += sum(len(item) for item in batch if isinstance(item, dict))
+            self._measure_rate(through - self._sent_through, loop.time())
             self._sent_through = through
             self._progress.set()
-            # Gather what the next few milliseconds bring into one round trip.
-            await asyncio.sleep(self._interval)
+
+    def _measure_rate(self, count: int, now: float) -> None:
+        self._window_sent += count
+        elapsed = now - self._window_start
+        if elapsed >= RATE_WINDOW_SECONDS:
+            self._busy = self._window_sent / elapsed >= BUSY_EVENTS_PER_SECOND
+            self._window_start, self._window_sent = now, 0
 
     async def flush(self, timeout: float = 5.0) -> bool:
         """Wait until every notice added before this call has been sent; False on timeout."""
