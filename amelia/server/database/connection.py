@@ -340,7 +340,8 @@ class Database:
     async def close(self) -> None:
         """Send the pending event hints, dispose of the pool; never raises."""
         if self._engine is not None:
-            await self.event_hints.close(timeout=self._pool_timeout)
+            # Short: what is not sent by then, the relays find by their sweep.
+            await self.event_hints.close(timeout=min(self._pool_timeout, 2.0))
         hints_conn, self._hints_conn = self._hints_conn, None
         if hints_conn is not None:
             hints_conn.terminate()
