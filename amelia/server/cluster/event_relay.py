@@ -14,8 +14,8 @@ sequence order (the counter's row lock serialises its writers), so no later read
 lower sequence. After the LISTEN connection was lost, the relay asks the table which
 workflows moved on meanwhile and delivers what it missed before anything newer. A hint can
 also be lost by its writer (a process killed between a commit and its batched send): every
-`SWEEP_SECONDS` the relay compares the workflows it follows with their counters and reads
-what stayed undelivered for a whole sweep.
+`SWEEP_SECONDS` the relay compares the workflows it delivered to most recently with their
+counters and reads what stayed undelivered for a whole sweep.
 
 Events that are not stored (agent messages, traces) travel whole on channel `amelia_live`
 when they fit in a notification (`publish_live`), else only to this process's clients. The
@@ -27,11 +27,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 import uuid
 from collections import OrderedDict, deque
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from amelia.server.cluster.listener import Listener
 from amelia.server.database.event_feed import EventFeedRepository
@@ -58,6 +59,7 @@ BUSY_EVENTS_PER_SECOND = 500.0
 RATE_WINDOW_SECONDS = 0.25
 # How often the followed workflows are checked for events whose hint never came.
 SWEEP_SECONDS = 5.0
+SWEEP_WORKFLOWS = 2000
 LIVE_CHANNEL = "amelia_live"
 _FLUSH_PREFIX = "flush:"
 # NOTIFY payloads must stay under 8000 bytes.
@@ -242,12 +244,15 @@ class EventRelay:
                 logger.warning("event sweep failed (tried again later): %s", exc)
 
     async def sweep(self) -> int:
-        """Queue a read for followed workflows still behind since the last sweep.
+        """Queue a read for recently followed workflows still behind since the last sweep.
 
         A hint in flight is not lost: only what a whole sweep interval did not bring is read
         (so a busy stream costs nothing extra). Returns how many workflows were queued.
         """
-        counters = await self._feed.counters_since(datetime.now(UTC) - CLOCK_SLACK)
+        # A lost hint belongs to a workflow that was writing just now: the most recently
+        # delivered ones are checked (by primary key), not every unfinished workflow.
+        recent = list(itertools.islice(reversed(self._delivered), SWEEP_WORKFLOWS))
+        counters = await self._feed.counters_of(recent)
         behind = {
             wid: last
             for wid, last in counters.items()

@@ -113,6 +113,9 @@ _COUNTERS_SINCE = select(workflows.c.id, workflows.c.event_sequence).where(
         workflows.c.completed_at >= bindparam("since"),
     ),
 )
+_COUNTERS_OF = select(workflows.c.id, workflows.c.event_sequence).where(
+    workflows.c.id == func.any(bindparam("workflow_ids", type_=ARRAY(UUID(as_uuid=True))))
+)
 _EVENTS_SINCE_TIME = (
     select(*_wl.c)
     .where(
@@ -143,6 +146,14 @@ class EventFeedRepository(RepositoryBase):
         """{workflow id: last sequence} of workflows that may have had events since `since`."""
         async with self._connect() as conn:
             rows = (await conn.execute(_COUNTERS_SINCE, {"since": since})).all()
+        return {row.id: int(row.event_sequence) for row in rows}
+
+    async def counters_of(self, workflow_ids: list[uuid.UUID]) -> dict[uuid.UUID, int]:
+        """{workflow id: last sequence handed out} of these workflows (primary-key lookups)."""
+        if not workflow_ids:
+            return {}
+        async with self._connect() as conn:
+            rows = (await conn.execute(_COUNTERS_OF, {"workflow_ids": workflow_ids})).all()
         return {row.id: int(row.event_sequence) for row in rows}
 
     async def events_since(
