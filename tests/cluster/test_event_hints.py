@@ -164,7 +164,7 @@ async def test_live_notices_keep_their_place_among_the_hints(
     # A stream: later saves land in batches, with live notices between them.
     for n in range(30):
         stored = await repo.save_event(make_event(first if n % 2 else second))
-        db.event_hints.add_live(LIVE_CHANNEL, f"after {stored.workflow_id}:{stored.sequence}")
+        db.event_hints.add_notice(LIVE_CHANNEL, f"after {stored.workflow_id}:{stored.sequence}")
     await listening.until(lambda: sum(c == LIVE_CHANNEL for c, _ in listening.received) == 30)
     hinted: list[tuple[uuid.UUID, int]] = []
     for channel, payload in listening.received:

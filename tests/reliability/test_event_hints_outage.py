@@ -15,32 +15,20 @@ import pytest
 from sqlalchemy import text
 
 from amelia.server.database import Database
-from amelia.server.database.event_hints import decode_hints
 from amelia.server.database.schema import EVENTS_CHANNEL
+from tests.cluster.test_event_hints import Notifications
 from tests.reliability.owned_pg import OwnedPostgres
 
 
-class Hints:
-    def __init__(self) -> None:
-        self.received: list[tuple[uuid.UUID, int]] = []
-        self.arrived = asyncio.Event()
-
-    def record(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
-        self.received.extend(decode_hints(payload))
-        self.arrived.set()
-
-    async def until(self, hint: tuple[uuid.UUID, int], timeout: float = 10.0) -> None:
-        async with asyncio.timeout(timeout):
-            while hint not in self.received:
-                self.arrived.clear()
-                await self.arrived.wait()
-
-
-async def listen(url: str) -> tuple[asyncpg.Connection, Hints]:
+async def listen(url: str) -> Notifications:
     conn = await asyncpg.connect(url, server_settings={"application_name": "test-listen"})
-    hints = Hints()
-    await conn.add_listener(EVENTS_CHANNEL, hints.record)
-    return conn, hints
+    notes = Notifications(conn)
+    await conn.add_listener(EVENTS_CHANNEL, notes.record)
+    return notes
+
+
+async def until_hinted(notes: Notifications, hint: tuple[uuid.UUID, int], timeout: float) -> None:
+    await notes.until(lambda: hint in notes.hints(), timeout=timeout)
 
 
 @pytest.fixture
@@ -57,11 +45,11 @@ async def test_a_killed_hint_connection_is_replaced_at_once(
     hinting_db: Database, database_url: str
 ) -> None:
     db = hinting_db
-    conn, hints = await listen(database_url)
+    notes = await listen(database_url)
     try:
         first = (uuid.uuid4(), 1)
         db.event_hints.add(*first)
-        await hints.until(first)
+        await until_hinted(notes, first, 10)
         # Every backend of the writer dies (its pooled ones and the hint connection).
         killer = await asyncpg.connect(database_url)
         try:
@@ -75,10 +63,10 @@ async def test_a_killed_hint_connection_is_replaced_at_once(
         second = (uuid.uuid4(), 7)
         db.event_hints.add(*second)
         # Sooner than the 1 s retry pause: the dead connection is replaced by the next send.
-        await hints.until(second, timeout=0.9)
+        await until_hinted(notes, second, 0.9)
         assert db.event_hints.pending == 0
     finally:
-        await conn.close()
+        await notes.conn.close()
 
 
 async def test_hints_added_while_the_database_is_down_are_sent_when_it_is_back(
@@ -102,13 +90,13 @@ async def test_hints_added_while_the_database_is_down_are_sent_when_it_is_back(
         assert db.event_hints.pending == 0
         assert db.event_hints.sent_hints == sent_before + 1
         # And the connection it reopened carries hints to listeners again.
-        conn, hints = await listen(url)
+        notes = await listen(url)
         try:
             after = (uuid.uuid4(), 9)
             db.event_hints.add(*after)
-            await hints.until(after)
+            await until_hinted(notes, after, 10)
         finally:
-            await conn.close()
+            await notes.conn.close()
         async with db.connection() as check:
             assert await check.scalar(text("SELECT 1")) == 1
     finally:

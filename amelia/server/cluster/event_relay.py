@@ -36,7 +36,7 @@ from datetime import datetime, timedelta
 
 from amelia.server.cluster.listener import Listener
 from amelia.server.database.event_feed import EventFeedRepository
-from amelia.server.database.event_hints import decode_hints
+from amelia.server.database.event_hints import StreamRate, decode_hints
 from amelia.server.database.schema import EVENTS_CHANNEL
 from amelia.server.events.bus import EventBus
 from amelia.server.models.events import WorkflowEvent
@@ -50,13 +50,10 @@ MAX_TRACKED_WORKFLOWS = 50_000
 # workflows the relay was not tracking (stamps come from the writers' clocks).
 CLOCK_SLACK = timedelta(seconds=60)
 RETRY_SECONDS = 1.0
-# While events arrive faster than BUSY_EVENTS_PER_SECOND (measured over RATE_WINDOW_SECONDS),
-# at most one read per COALESCE_SECONDS, so each read carries many events: a query per
-# event would take the writers' CPU. A slower stream is read at once, for the lowest delay.
-# (A rule on the last read's size would feed itself: pausing makes the next read bigger.)
+# While events arrive faster than `StreamRate`'s threshold, at most one read per
+# COALESCE_SECONDS, so each read carries many events: a query per event would take the
+# writers' CPU. A slower stream is read at once, for the lowest delay.
 COALESCE_SECONDS = 0.05
-BUSY_EVENTS_PER_SECOND = 500.0
-RATE_WINDOW_SECONDS = 0.25
 # How often the followed workflows are checked for events whose hint never came.
 SWEEP_SECONDS = 5.0
 SWEEP_WORKFLOWS = 2000
@@ -92,9 +89,7 @@ class EventRelay:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._last_read = 0.0
-        self._busy = False
-        self._window_start = time.monotonic()
-        self._window_events = 0
+        self._rate = StreamRate()
         self.delivered_count = 0
         self.last_delay_ms: float | None = None
         listener.on(EVENTS_CHANNEL, self._on_hint)
@@ -143,7 +138,7 @@ class EventRelay:
         if len(payload.encode("utf-8")) > MAX_LIVE_PAYLOAD_BYTES:
             return False
         # In line with this process's event hints, so the order of emission holds.
-        self._feed.db.event_hints.add_live(LIVE_CHANNEL, payload)
+        self._feed.db.event_hints.add_notice(LIVE_CHANNEL, payload)
         return True
 
     async def flush(self, timeout: float = 5.0) -> bool:
@@ -157,9 +152,8 @@ class EventRelay:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._flushes[marker] = done
         try:
-            # This process's own hints still waiting for their batch go first.
-            await self._feed.db.event_hints.flush(timeout)
-            await self._feed.notify(EVENTS_CHANNEL, marker)
+            # In line behind this process's own hints still waiting for their batch.
+            self._feed.db.event_hints.add_notice(EVENTS_CHANNEL, marker)
             await asyncio.wait_for(asyncio.shield(done), timeout)
             return True
         except Exception as exc:  # shutting down: never let this stop the shutdown
@@ -186,7 +180,7 @@ class EventRelay:
                 # A run of consecutive hints: one read for all of them (under a busy stream
                 # after a short pause, so that the stream is read in batches).
                 pause = self._last_read + COALESCE_SECONDS - time.monotonic()
-                if pause > 0 and self._busy:
+                if pause > 0 and self._rate.busy:
                     await asyncio.sleep(pause)
                 hinted: dict[uuid.UUID, int] = {}
                 while self._queue:
@@ -209,15 +203,8 @@ class EventRelay:
                     self._queue.extendleft((wid, low) for wid, low in hinted.items())
                     await asyncio.sleep(RETRY_SECONDS)
                     continue
-                self._measure_rate(len(events))
+                self._rate.record(len(events))
                 self._deliver(events)
-
-    def _measure_rate(self, count: int) -> None:
-        self._window_events += count
-        elapsed = time.monotonic() - self._window_start
-        if elapsed >= RATE_WINDOW_SECONDS:
-            self._busy = self._window_events / elapsed >= BUSY_EVENTS_PER_SECOND
-            self._window_start, self._window_events = time.monotonic(), 0
 
     def _deliver(self, events: list[WorkflowEvent]) -> None:
         now = time.time()

@@ -129,11 +129,6 @@ _EVENTS_SINCE_TIME = (
 class EventFeedRepository(RepositoryBase):
     """Queries of the live event relay."""
 
-    async def notify(self, channel: str, payload: str) -> None:
-        """NOTIFY `channel` with `payload` (delivered to listeners when it commits: now)."""
-        async with self._connect() as conn:
-            await conn.execute(select(func.pg_notify(channel, payload)))
-
     async def events_after(self, after: Mapping[uuid.UUID, int]) -> list[WorkflowEvent]:
         """For each workflow, its events with a sequence above the given one, ascending."""
         if not after:

@@ -16,7 +16,7 @@ sequence) to `EventHints`, which sends them in batches:
   every hint collected meanwhile ("<workflow>:<lowest new sequence>", comma-separated,
   split to fit NOTIFY's 8000 bytes). Relays read "everything after what they delivered",
   so one hint per workflow per batch is enough;
-- unstored events sent whole to the other processes (`add_live`) travel in the same
+- unstored events sent whole to the other processes (`add_notice`) travel in the same
   batches, in the order they were added relative to the hints: a client sees a workflow's
   stored and unstored events in the order they were emitted;
 - a failed send keeps its notices and is retried (the database may be restarting).
@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 
@@ -57,6 +58,31 @@ MAX_HINT_PAYLOAD_BYTES = 7900
 Sender = Callable[[list[tuple[str, str]]], Awaitable[None]]
 # Hints of one stretch without live notices: lowest new sequence per workflow.
 _Hints = dict[uuid.UUID, int]
+
+
+class StreamRate:
+    """Whether events arrive faster than `threshold` per second, over windows of `window` s.
+
+    Decided per window, not per batch: a rule on the last batch's size would feed itself
+    (waiting makes the next batch bigger).
+    """
+
+    def __init__(
+        self, threshold: float = BUSY_EVENTS_PER_SECOND, window: float = RATE_WINDOW_SECONDS
+    ) -> None:
+        self._threshold = threshold
+        self._window = window
+        self._started = time.monotonic()
+        self._count = 0
+        self.busy = False
+
+    def record(self, count: int) -> None:
+        self._count += count
+        now = time.monotonic()
+        elapsed = now - self._started
+        if elapsed >= self._window:
+            self.busy = self._count / elapsed >= self._threshold
+            self._started, self._count = now, 0
 
 
 def encode_hints(hints: _Hints) -> list[str]:
@@ -97,9 +123,7 @@ class EventHints:
         self._send = send
         self._interval = interval
         self._busy_interval = busy_interval
-        self._busy = False
-        self._window_start = 0.0
-        self._window_sent = 0
+        self._rate = StreamRate()
         # In order: stretches of hints, and live notices (channel, payload) between them.
         self._pending: list[_Hints | tuple[str, str]] = []
         self._task: asyncio.Task[None] | None = None
@@ -131,7 +155,7 @@ class EventHints:
         self._added += 1
         self._wake()
 
-    def add_live(self, channel: str, payload: str) -> None:
+    def add_notice(self, channel: str, payload: str) -> None:
         """Notify `payload` on `channel` after the hints added before it."""
         if self._closed:
             return
@@ -152,7 +176,7 @@ class EventHints:
             # At most one round trip per interval, counted from the previous one's start:
             # a stream slower than that is sent event by event at once, a faster one in
             # batches (waiting after each send instead would delay even a slow stream).
-            interval = self._busy_interval if self._busy else self._interval
+            interval = self._busy_interval if self._rate.busy else self._interval
             wait = self._last_send + interval - loop.time()
             if wait > 0:
                 await asyncio.sleep(wait)
@@ -182,16 +206,9 @@ class EventHints:
                 failing = False
             self.sent_notifications += len(notices)
             self.sent_hints += sum(len(item) for item in batch if isinstance(item, dict))
-            self._measure_rate(through - self._sent_through, loop.time())
+            self._rate.record(through - self._sent_through)
             self._sent_through = through
             self._progress.set()
-
-    def _measure_rate(self, count: int, now: float) -> None:
-        self._window_sent += count
-        elapsed = now - self._window_start
-        if elapsed >= RATE_WINDOW_SECONDS:
-            self._busy = self._window_sent / elapsed >= BUSY_EVENTS_PER_SECOND
-            self._window_start, self._window_sent = now, 0
 
     async def flush(self, timeout: float = 5.0) -> bool:
         """Wait until every notice added before this call has been sent; False on timeout."""
